@@ -1,0 +1,45 @@
+"""The algorithm core: advantage estimators and losses as pure tensor functions (ARCHITECTURE rule 2)."""
+
+from rltune.algo.advantages import (
+    dynamic_sampling_keep,
+    gae,
+    group_mean,
+    group_norm,
+    outcome_to_token_rewards,
+    reinforce_pp,
+    reinforce_pp_baseline,
+    rloo,
+    singleton_groups,
+)
+from rltune.algo.losses import (
+    AggDenominators,
+    AggMode,
+    aggregate,
+    global_denominators,
+    gspo_loss,
+    kl_penalty,
+    ppo_clip_loss,
+    soft_overlong_penalty,
+    value_loss,
+)
+
+__all__ = [
+    "AggDenominators",
+    "AggMode",
+    "aggregate",
+    "dynamic_sampling_keep",
+    "gae",
+    "global_denominators",
+    "group_mean",
+    "group_norm",
+    "gspo_loss",
+    "kl_penalty",
+    "outcome_to_token_rewards",
+    "ppo_clip_loss",
+    "reinforce_pp",
+    "reinforce_pp_baseline",
+    "rloo",
+    "singleton_groups",
+    "soft_overlong_penalty",
+    "value_loss",
+]

@@ -1,0 +1,220 @@
+"""rltune command line: train | sft | validate | show | plugins | eval.
+
+    rltune sft recipes/addition-tiny.yaml                 # warm start (TRL SFTTrainer)
+    rltune train recipes/addition-tiny.yaml               # GRPO from the recipe
+    rltune train recipes/addition-tiny.yaml algo.kl_coef=0.01 run.steps=50
+    rltune train recipes/addition-tiny.yaml --resume      # continue from the last checkpoint
+    rltune validate recipes/*.yaml                        # schema + plugins, no heavy work
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="RL post-training from one typed YAML recipe.")
+out = Console()
+err = Console(stderr=True)
+
+# Offline by default: nothing in a run should reach a hub unless the user says so.
+for _k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_k, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from rltune.config.load import RecipeError
+    from rltune.data.prompts import DataError
+    from rltune.models.policy import ModelLoadError
+    from rltune.modifiers.pipeline import ModifierError
+    from rltune.plugins import PluginError
+    from rltune.reward import RewardError
+    from rltune.rollout.hf_engine import PromptTooLongError
+    from rltune.sft import SFTError
+    from rltune.trainer import RunDirError
+
+    return (RecipeError, DataError, ModelLoadError, ModifierError, PluginError, RewardError, PromptTooLongError,
+            SFTError, RunDirError)
+
+
+def _fail(e: BaseException) -> None:
+    err.print(f"[bold red]error:[/] {type(e).__name__}: ", end="")
+    err.print(str(e), markup=False, highlight=False)
+    raise typer.Exit(2)
+
+
+def _load(recipe: Path, overrides: list[str]):
+    from rltune.config.load import load_recipe
+
+    return load_recipe(recipe, overrides)
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. algo.kl_coef=0.01"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run directory first."),
+) -> None:
+    """Run RL post-training from a recipe."""
+    try:
+        r = _load(recipe, overrides or [])
+        from rltune.trainer import Trainer
+
+        trainer = Trainer(r, resume=resume, overwrite=overwrite)
+        _print_plan(r, trainer)
+        trainer.fit()
+    except _user_errors() as e:
+        _fail(e)
+    _print_summary(trainer, recipe)
+
+
+@app.command()
+def sft(
+    recipe: Path = typer.Argument(...),
+    overrides: Optional[list[str]] = typer.Argument(None),
+) -> None:
+    """Cold-start SFT (TRL SFTTrainer) into the recipe's sft.output_dir."""
+    try:
+        r = _load(recipe, overrides or [])
+        from rltune.sft import run_sft
+
+        res = run_sft(r)
+        if r.data.source.startswith("builtin:") or r.data.eval_source:
+            res |= _eval_model(r, r.sft.output_dir)
+        out.print(f"SFT done: {json.dumps(res)}  -> {r.sft.output_dir}")
+    except _user_errors() as e:
+        _fail(e)
+
+
+@app.command()
+def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) -> None:
+    """Check the schema, resolve every plugin and bind its args (no model, no data, no GPU)."""
+    from rltune import plugins
+    from rltune.modifiers.pipeline import check_modifier_class
+
+    bad = 0
+    for path in recipes:
+        try:
+            r = _load(path, [])
+            for spec in r.rewards:
+                target = plugins.resolve(spec.use, "rewards")
+                if isinstance(target, type) or spec.args:
+                    plugins.bind_args(target, spec.args, spec.use)
+            for m in r.modifiers:
+                cls = plugins.resolve(m.use, "modifiers")
+                check_modifier_class(cls, m.key)
+                plugins.bind_args(cls, m.args, m.use)
+            out.print(f"[green]ok[/]   {path}")
+        except _user_errors() as e:
+            bad += 1
+            out.print(f"[red]fail[/] {path}\n{e}", highlight=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def show(recipe: Path, overrides: Optional[list[str]] = typer.Argument(None)) -> None:
+    """Print the fully resolved recipe (every default filled in) and the derived batch sizes."""
+    from rltune.config.load import dump_recipe
+
+    try:
+        r = _load(recipe, overrides or [])
+    except _user_errors() as e:
+        _fail(e)
+    out.print(dump_recipe(r), markup=False, highlight=False)
+    out.print(f"# derived: {_plan_line(r)}")
+
+
+@app.command("plugins")
+def plugins_cmd() -> None:
+    """List installed rewards and modifiers (entry points)."""
+    from rltune import plugins
+
+    for group in ("rewards", "modifiers"):
+        t = Table(title=f"rltune.{group}")
+        t.add_column("name")
+        t.add_column("target")
+        for name, target in sorted(plugins.installed(group).items()):
+            t.add_row(name, target)
+        out.print(t)
+
+
+@app.command("eval")
+def eval_cmd(
+    recipe: Path,
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A model folder (run/final, sft output, ...)."),
+    overrides: Optional[list[str]] = typer.Argument(None),
+) -> None:
+    """Greedy held-out accuracy of a saved model."""
+    try:
+        r = _load(recipe, overrides or [])
+        out.print(json.dumps(_eval_model(r, str(checkpoint))))
+    except _user_errors() as e:
+        _fail(e)
+
+
+def _eval_model(r, path: str) -> dict:
+    from rltune.trainer import Trainer
+
+    tmp = r.model_copy(update={
+        "run": r.run.model_copy(update={"output_dir": str(Path(path) / ".eval")}),
+        "model": r.model.model_copy(update={"path": path, "tiny": None, "lora": None}),
+        "sft": None,
+        "logging": r.logging.model_copy(update={"console": False, "jsonl": False}),
+    })
+    t = Trainer(tmp, overwrite=True)
+    res = t.evaluate()
+    import shutil
+
+    shutil.rmtree(Path(path) / ".eval", ignore_errors=True)
+    return res
+
+
+def _plan_line(r) -> str:
+    return (f"prompts/step={r.rollout.prompts_per_step} samples/prompt={r.rollout.samples_per_prompt} "
+            f"completions/step={r.rollout.batch_size} micro_batch={r.train.micro_batch_size} "
+            f"accumulation={r.micro_batches} max_new_tokens={r.rollout.max_new_tokens} steps={r.run.steps}")
+
+
+def _print_plan(r, trainer) -> None:
+    if not r.logging.console:
+        return
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    err.print(f"[bold]rltune[/] {r.run.name}: {_plan_line(r)}")
+    err.print(f"  model {n_params / 1e6:.2f}M params ({n_train / 1e6:.2f}M trained), in-process rollout + torch "
+              f"engine, run dir {trainer.run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
+
+
+def _print_summary(trainer, recipe: Path) -> None:
+    from rltune.logging import read_metrics
+
+    rows = [m for m in read_metrics(trainer.run_dir) if "eval/accuracy" in m]
+    if len(rows) >= 2:
+        out.print(f"held-out accuracy (greedy): before {rows[0]['eval/accuracy']:.3f} (step {rows[0]['step']}) -> "
+                  f"after {rows[-1]['eval/accuracy']:.3f} (step {rows[-1]['step']})")
+    steps = [m["time/step"] for m in read_metrics(trainer.run_dir) if "time/step" in m]
+    if steps:
+        out.print(f"median s/step {sorted(steps)[len(steps) // 2]:.3f}; model: {trainer.run_dir / 'final'}; "
+                  f"resume: rltune train {recipe} --resume")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Metric sinks: a rich progress line on the console, `metrics.jsonl` in the run directory, wandb."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from rltune.config.schema import LoggingConfig
+
+console = Console(stderr=True)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class MetricLogger:
+    def __init__(self, cfg: LoggingConfig, run_dir: Path, total_steps: int, recipe_dump: dict, start_step: int = 0,
+                 run_name: str = "rltune"):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.path = run_dir / "metrics.jsonl"
+        if cfg.jsonl:
+            _truncate_after(self.path, start_step)
+        self._wandb = None
+        if cfg.wandb.mode != "disabled":
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self._wandb = wandb.init(
+                project=cfg.wandb.project, entity=cfg.wandb.entity, name=run_name, mode=cfg.wandb.mode,
+                dir=str(run_dir), config=recipe_dump, resume="allow",
+            )
+        self._progress = None
+        if cfg.console:
+            self._progress = Progress(
+                TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                console=console, transient=False,
+            )
+            self._task = self._progress.add_task("train", total=total_steps, completed=start_step, info="")
+            self._progress.start()
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        rec = {"step": step, "time": round(time.time(), 3), **{k: _clean(v) for k, v in metrics.items()}}
+        if self.cfg.jsonl:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+    def progress(self, step: int, metrics: dict[str, Any]) -> None:
+        if self._progress is None:
+            return
+        parts = []
+        for key, label in (("reward/mean", "reward"), ("eval/accuracy", "acc"), ("time/step", "s/step")):
+            if key in metrics and metrics[key] is not None:
+                parts.append(f"{label} {metrics[key]:.3f}")
+        self._progress.update(self._task, completed=step, info="  ".join(parts))
+
+    def print(self, msg: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(msg)
+        elif self.cfg.console:
+            console.print(msg)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """On resume, drop records the interrupted run wrote after its last checkpoint (they are re-done)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue  # a torn last line from a killed process
+    if step == 0:
+        keep = []
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

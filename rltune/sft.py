@@ -1,0 +1,67 @@
+"""Cold-start SFT through TRL's SFTTrainer (`rltune sft recipe.yaml`), so a random-init or weak model is
+warmed up before RL. Prompt-completion rows from the recipe's data: the loss covers the completion
+(the answer column, or `solution`) and EOS only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rltune.config.schema import Recipe
+from rltune.data.prompts import format_prompt, load_rows
+from rltune.models.policy import load_policy
+
+
+class SFTError(ValueError):
+    pass
+
+
+def run_sft(recipe: Recipe, base_dir: str | Path = ".") -> dict:
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    if recipe.sft is None:
+        raise SFTError("the recipe has no `sft:` section (sft.output_dir, sft.steps, ...); add one to use `rltune sft`")
+    s, d = recipe.sft, recipe.data
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    model, tok = load_policy(recipe.model, seed=recipe.run.seed)
+    if d.source.startswith("builtin:"):
+        # A builtin task draws fresh SFT problems with its own seed (never the RL prompts, never the test split).
+        args = dict(d.task_args, n_train=s.num_examples, train_seed=recipe.run.seed + 1)
+        d = d.model_copy(update={"task_args": args})
+    rows = load_rows(d, d.split, base_dir=base_dir)
+    target = "solution" if "solution" in rows.column_names else d.answer_column
+    if target is None:
+        raise SFTError("SFT needs a target column: set data.answer_column or provide a `solution` column")
+    ds = datasets.Dataset.from_dict({
+        "prompt": [format_prompt(p, d, tok) for p in rows[d.prompt_column]],
+        "completion": [str(c) for c in rows[target]],
+    })
+    cfg = SFTConfig(
+        output_dir=str(Path(s.output_dir).with_name(Path(s.output_dir).name + ".trl")),
+        max_steps=s.steps,
+        per_device_train_batch_size=s.batch_size,
+        learning_rate=s.lr,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=s.warmup_steps,
+        weight_decay=0.01,
+        adam_beta2=0.98,
+        max_grad_norm=1.0,
+        completion_only_loss=True,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=max(1, s.steps // 10),
+        seed=recipe.run.seed,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    out = trainer.train()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    trainer.save_model(s.output_dir)
+    tok.save_pretrained(s.output_dir)
+    return {"sft/loss": out.training_loss, "sft/steps": s.steps}

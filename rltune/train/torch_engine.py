@@ -1,0 +1,123 @@
+"""Single-process training engine: forward for response log-probs, backward, optimizer step.
+
+The DeepSpeed engine implements the same methods; the trainer only talks to this surface.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from rltune.config.schema import TrainConfig
+from rltune.ops import entropy_from_logits, logprobs_from_logits
+
+
+def response_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_len: int,
+    temperature: float = 1.0,
+    entropy: bool = False,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [n,T] of the last T tokens of `input_ids` [n,P+T], and their entropy [n,T] (detached unless
+    `entropy_grad`, for an entropy bonus in the loss).
+
+    Only the T+1 positions that predict response tokens go through the LM head (`logits_to_keep`), which is
+    where the memory of a large vocabulary goes.
+    """
+    T = response_len
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask.long(),
+        position_ids=position_ids,
+        logits_to_keep=T + 1,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logprobs = logprobs_from_logits(logits, input_ids[:, -T:])
+    ent = None
+    if entropy_grad:
+        ent = entropy_from_logits(logits)
+    elif entropy:
+        with torch.no_grad():
+            ent = entropy_from_logits(logits.detach())
+    return logprobs, ent
+
+
+class TorchEngine:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, total_steps: int):
+        self.model, self.cfg = model, cfg
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters (check model.lora / frozen layers)")
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=True
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(cfg, total_steps))
+        self.model.train()
+
+    def forward(self, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
+        return response_logprobs(self.model, input_ids, attention_mask, response_len, temperature, entropy,
+                                 entropy_grad)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def named_parameters(self):
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def grad_norm(self) -> float:
+        sq = sum((p.grad.detach().float().pow(2).sum() for p in self.params if p.grad is not None), torch.zeros(()))
+        return float(sq.sqrt())
+
+    def grads_finite(self) -> bool:
+        return all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None)
+
+    def step(self) -> float:
+        """Clip, step, zero grads, advance the schedule; returns the pre-clip global gradient norm."""
+        if self.cfg.max_grad_norm is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
+        else:
+            norm = self.grad_norm()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return norm
+
+    def skip_step(self) -> None:
+        """Drop this step's gradients (non-finite loss or grads): weights and optimizer state stay untouched."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.scheduler.load_state_dict(sd["scheduler"])
+
+
+def _schedule(cfg: TrainConfig, total: int):
+    warm = cfg.warmup_steps
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        if cfg.scheduler == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f

@@ -1,0 +1,447 @@
+"""`Trainer.fit()`: one RL post-training step after another, read top to bottom.
+
+    rltune train recipes/addition-tiny.yaml            # from the command line
+    from rltune import train, load_recipe               # from Python
+    train(load_recipe("recipes/addition-tiny.yaml"))
+
+One step (B prompts, G samples each, N = B·G rows, T response positions):
+rollout -> reward -> (old log-probs) -> advantage -> update (micro-batches) -> sync -> log/eval/checkpoint.
+Each phase runs under a timer named after it (`time/rollout`, ...). Research variants hook in through
+modifiers (rltune/modifiers); nothing in this file branches on a method name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rltune import algo
+from rltune.config.load import dump_recipe
+from rltune.config.schema import Recipe
+from rltune.data.batch import RolloutBatch
+from rltune.data.prompts import PromptLoader, load_rows
+from rltune.logging import MetricLogger
+from rltune.models.policy import load_policy
+from rltune.modifiers.base import AdvantageContext, GradView, LossContext, RewardContext, StepState
+from rltune.modifiers.pipeline import ModifierPipeline
+from rltune.ops import masked_mean
+from rltune.reward import RewardInput, RewardManager
+from rltune.rollout.base import SamplingParams
+from rltune.rollout.hf_engine import HFEngine
+from rltune.train import checkpoint as ckpt
+from rltune.train.torch_engine import TorchEngine, response_logprobs
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
+        self.recipe, self.base_dir = recipe, Path(base_dir)
+        r = recipe
+        self.run_dir = Path(r.run.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        resume_from = self._prepare_run_dir(resume, overwrite)
+        if r.run.threads:
+            torch.set_num_threads(r.run.threads)
+        _seed_everything(r.run.seed)
+
+        # Policy: a checkpoint when resuming, else the SFT warm start, else model.path / model.tiny.
+        start = None
+        if r.sft is not None:
+            start = r.sft.output_dir
+            if not (Path(start) / "config.json").is_file():
+                raise RunDirError(f"no SFT model at {start}: run `rltune sft <recipe>` first (recipe has an sft: section)")
+        if resume_from is not None and r.model.lora is None:
+            start = str(resume_from / "model")
+        self.model, self.tok = load_policy(r.model, path=start, seed=r.run.seed)
+        if resume_from is not None and r.model.lora is not None:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(self.model, load_file(resume_from / "model" / "adapter_model.safetensors"))
+        # The reference model exists only when a KL term needs it (kl_coef > 0); with LoRA the base is the ref.
+        self.ref_model = None
+        if r.algo.kl_coef > 0 and r.model.lora is None:
+            self.ref_model, _ = load_policy(r.model, path=r.sft.output_dir if r.sft else None, seed=r.run.seed,
+                                            trainable=False)
+
+        self.rewards = RewardManager(r.rewards, base_dir=self.base_dir)
+        self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
+        self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, self.tok, r.run.seed)
+        self.eval_rows = self._load_eval_rows()
+        self.rollout = HFEngine(self.model, self.tok, r.data.max_prompt_tokens)
+        self.engine = TorchEngine(self.model, r.train, r.run.steps)
+        self.step = 0
+        self.best: tuple[float, int] | None = None
+        if resume_from is not None:
+            self._load_state(ckpt.load_state(resume_from))
+        self._stop_signal: str | None = None
+        self.logger: MetricLogger | None = None
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def fit(self) -> dict[str, Any]:
+        r = self.recipe
+        self.logger = MetricLogger(r.logging, self.run_dir, r.run.steps, r.model_dump(mode="json"), self.step,
+                                   r.run.name)
+        (self.run_dir / "recipe.yaml").write_text(dump_recipe(r))
+        last: dict[str, Any] = {}
+        with self._signals():
+            if self.step == 0 and self.eval_rows is not None:
+                last = self.evaluate()
+                self.logger.log(0, last)
+            while self.step < r.run.steps and self._stop_signal is None:
+                last = self.train_step()
+                self.step += 1
+                if self.eval_rows is not None and (
+                    (r.run.eval_interval and self.step % r.run.eval_interval == 0) or self.step == r.run.steps
+                ):
+                    last |= self.evaluate()
+                    self._track_best(last)
+                self.logger.log(self.step, last)
+                if self.step % r.run.log_interval == 0 or self.step == r.run.steps:
+                    self.logger.progress(self.step, last)
+                if r.run.save_interval and self.step % r.run.save_interval == 0:
+                    self.save_checkpoint()
+            if self._stop_signal is not None:
+                path = self.save_checkpoint()
+                self.logger.print(
+                    f"[yellow]{self._stop_signal}: saved {path} at step {self.step}. Resume with:[/]\n"
+                    f"  rltune train <recipe> --resume"
+                )
+            else:
+                self.save_checkpoint()
+                self.export(self.run_dir / "final")
+        self.logger.close()
+        return last
+
+    def train_step(self) -> dict[str, Any]:
+        r, a = self.recipe, self.recipe.algo
+        state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
+        step_seed = _step_seed(r.run.seed, self.step)
+        # Reseeding per step makes a resumed run draw exactly what the uninterrupted run drew.
+        torch.manual_seed(step_seed)
+        timers: dict[str, float] = defaultdict(float)
+        t_step = time.perf_counter()
+
+        # -- rollout: B prompts -> N = B·G completions with their sampling log-probs
+        with _timer(timers, "time/rollout"):
+            prompts = self.mods.on_prompts(self.loader.next(r.rollout.prompts_per_step), state)
+            batch = self.rollout.generate(prompts, self._sampling(seed=step_seed))
+
+        # -- reward: scores [N,K] -> rewards [N] (NaN = unscorable), then reward shaping (e.g. ReDit)
+        with _timer(timers, "time/reward"):
+            result = self.rewards(_reward_input(batch, self.step))
+            raw = result.rewards
+            rewards = self.mods.shape_rewards(raw.clone(), RewardContext(batch, raw, result.scores, state))
+
+        # -- old log-probs / entropy: only when something reads them before the update
+        mask = batch.response_mask
+        need = self.mods.requires
+        old_logprobs = entropy = ref_logprobs = None
+        if "entropy" in need or "old_logprobs" in need or self.ref_model is not None or (
+            r.model.lora is not None and a.kl_coef > 0
+        ):
+            with _timer(timers, "time/old_logprobs"):
+                old_logprobs, entropy, ref_logprobs = self._score_batch(batch, entropy="entropy" in need)
+
+        # -- advantage: [N] rewards -> [N,T] advantages, then advantage modifiers (e.g. EMPG)
+        with _timer(timers, "time/advantage"):
+            advantages = algo.group_norm(rewards, batch.group_id, mask, scale=a.scale_rewards, eps=a.std_eps)
+            adv_ctx = AdvantageContext(batch, rewards, raw, mask, batch.group_id, state, old_logprobs, entropy,
+                                       dict(batch.extras))
+            advantages = self.mods.shape_advantages(advantages, adv_ctx)
+            # Token weights/masks are constants of the loss: computed once for the whole batch so the global
+            # token count (and with it token-mean) does not depend on how the batch is split.
+            full_ctx = LossContext(torch.arange(len(batch)), old_logprobs if old_logprobs is not None else
+                                   batch.rollout_logprobs, old_logprobs if old_logprobs is not None else
+                                   batch.rollout_logprobs, advantages, mask, state, entropy, dict(batch.extras),
+                                   total_rows=len(batch))
+            tw = self.mods.token_weights(full_ctx)
+            loss_mask = mask & tw.mask if tw.mask is not None else mask
+            denom = algo.global_denominators(loss_mask, a.loss_agg)
+
+        # -- update: micro-batches with gradient accumulation, then one optimizer step
+        with _timer(timers, "time/update"):
+            stats = self._update(batch, advantages, loss_mask, tw.weight, old_logprobs, entropy, ref_logprobs,
+                                 denom, state)
+
+        # -- sync: the in-process engine shares the policy's weights; only the version moves
+        with _timer(timers, "time/sync"):
+            self.rollout.weight_version += 1
+
+        metrics = self._step_metrics(batch, result, raw, rewards, advantages, stats, timers)
+        metrics["time/step"] = time.perf_counter() - t_step
+        metrics |= self.mods.on_step_end(metrics, state)
+        return metrics
+
+    def _update(self, batch, advantages, loss_mask, weight, old_logprobs, entropy, ref_logprobs, denom, state):
+        r, a = self.recipe, self.recipe.algo
+        N, T = batch.response_ids.shape
+        input_ids, attn = batch.input_ids, batch.attention_mask
+        acc: dict[str, float] = defaultdict(float)
+        mb = min(r.train.micro_batch_size, N)
+        for lo in range(0, N, mb):
+            rows = torch.arange(lo, min(lo + mb, N))
+            # Entropy carries grad only when it is part of the loss; otherwise it is a detached metric.
+            lp, ent = self.engine.forward(input_ids[rows], attn[rows], T, r.rollout.temperature, entropy=True,
+                                          entropy_grad=bool(a.entropy_coef))
+            # On-policy single update: the old policy is the current one, so ratio = 1 with the right gradient
+            # and no extra forward (as TRL does for num_iterations=1).
+            old = lp.detach() if old_logprobs is None else old_logprobs[rows]
+            m = loss_mask[rows]
+            pg, clipped = algo.ppo_clip_loss(lp, old, advantages[rows], a.clip_low, a.clip_high, a.dual_clip_c)
+            if weight is not None:
+                pg = pg * weight[rows]
+            loss = algo.aggregate(pg, m, a.loss_agg, **denom, scale_constant=r.loss_scale_constant)
+            acc["loss/policy"] += float(loss.detach())
+            if a.kl_coef > 0:
+                kl = algo.kl_penalty(lp, ref_logprobs[rows], a.kl_estimator)
+                kl_loss = algo.aggregate(kl, m, a.loss_agg, **denom, scale_constant=r.loss_scale_constant)
+                loss = loss + a.kl_coef * kl_loss
+                acc["algo/kl"] += float(kl_loss.detach())
+            if a.entropy_coef:
+                loss = loss - a.entropy_coef * algo.aggregate(ent, m, a.loss_agg, **denom,
+                                                              scale_constant=r.loss_scale_constant)
+            ctx = LossContext(rows, lp, old, advantages[rows], m, state,
+                              entropy[rows] if entropy is not None else None,
+                              {k: v[rows] for k, v in batch.extras.items()}, total_rows=N)
+            for name, term in self.mods.extra_loss(ctx).items():
+                loss = loss + term
+                acc[f"loss/{name}"] += float(term.detach())
+            self.engine.backward(loss)
+            acc["loss/total"] += float(loss.detach())
+            share = float(m.sum()) / max(1.0, float(loss_mask.sum()))
+            acc["algo/clip_frac"] += float(masked_mean(clipped.float(), m)) * share if m.any() else 0.0
+            acc["algo/entropy"] += float(masked_mean(ent.detach(), m)) * share if m.any() else 0.0
+            acc["rollout/logprob_diff"] += float(masked_mean((lp.detach() - batch.rollout_logprobs[rows]).abs(), m)) \
+                * share if m.any() else 0.0
+        self.mods.on_gradients(GradView(self.engine.named_parameters()), state)
+        if not (np.isfinite(acc["loss/total"]) and self.engine.grads_finite()):
+            self.engine.skip_step()
+            acc["train/skipped_step"] = 1.0
+            return dict(acc)
+        acc["train/grad_norm"] = self.engine.step()
+        acc["train/lr"] = self.engine.lr
+        return dict(acc)
+
+    @torch.no_grad()
+    def _score_batch(self, batch: RolloutBatch, entropy: bool):
+        """Old-policy log-probs (and entropy) and reference log-probs for the whole batch, no grad."""
+        r = self.recipe
+        T = batch.response_ids.shape[1]
+        olds, ents, refs = [], [], []
+        mb = min(r.train.micro_batch_size, len(batch))
+        for lo in range(0, len(batch), mb):
+            ids, attn = batch.input_ids[lo:lo + mb], batch.attention_mask[lo:lo + mb]
+            lp, ent = response_logprobs(self.model, ids, attn, T, r.rollout.temperature, entropy)
+            olds.append(lp)
+            ents.append(ent)
+            if r.algo.kl_coef > 0:
+                if self.ref_model is not None:
+                    refs.append(response_logprobs(self.ref_model, ids, attn, T, r.rollout.temperature)[0])
+                else:  # LoRA: the frozen base without the adapter is the reference
+                    with self.model.disable_adapter():
+                        refs.append(response_logprobs(self.model, ids, attn, T, r.rollout.temperature)[0])
+        cat = lambda xs: torch.cat(xs) if xs and xs[0] is not None else None  # noqa: E731
+        return cat(olds), cat(ents), cat(refs)
+
+    # ------------------------------------------------------------------------------------ eval / metrics
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Greedy completions on the held-out rows; `eval/accuracy` is the first reward's mean."""
+        from rltune.data.batch import PromptBatch
+
+        rows, chunk, scores = self.eval_rows, 250, []
+        t0 = time.perf_counter()
+        for lo in range(0, len(rows), chunk):
+            part = rows[lo:lo + chunk]
+            pb = PromptBatch(prompts=part["prompts"], meta={k: v for k, v in part["meta"].items()})
+            b = self.rollout.generate(pb, self._sampling(greedy=True))
+            scores.append(self.rewards(_reward_input(b, self.step)).scores)
+        s = torch.cat(scores)
+        out = {"eval/accuracy": float(torch.nanmean(s[:, 0]))}
+        for k, spec in enumerate(self.recipe.rewards):
+            out[f"eval/reward/{spec.metric_name}"] = float(torch.nanmean(s[:, k]))
+        out["time/eval"] = time.perf_counter() - t0
+        return out
+
+    def _step_metrics(self, batch, result, raw, rewards, advantages, stats, timers) -> dict[str, Any]:
+        lens = batch.response_len.float()
+        G = self.recipe.rollout.samples_per_prompt
+        flat = _flat_groups(raw, batch.group_id) if G > 1 else 1.0
+        out = {
+            "reward/mean": float(torch.nanmean(raw)),
+            "reward/shaped_mean": float(torch.nanmean(rewards)),
+            "reward/unscorable_frac": float(torch.isnan(raw).float().mean()),
+            "reward/flat_group_frac": flat,
+            "algo/adv_abs_mean": float(masked_mean(advantages.abs(), batch.response_mask)),
+            "rollout/response_len": float(lens.mean()),
+            "rollout/truncated_frac": float(batch.truncated.float().mean()),
+            "rollout/weight_version": batch.weight_version,
+            "perf/tokens": int(batch.response_len.sum()),
+            **result.metrics,
+            **stats,
+            **timers,
+        }
+        return out
+
+    def _track_best(self, metrics: dict[str, Any]) -> None:
+        acc = metrics.get("eval/accuracy")
+        if acc is not None and (self.best is None or acc > self.best[0]):
+            self.best = (acc, self.step)
+
+    # --------------------------------------------------------------------------------- state and files
+    def _sampling(self, greedy: bool = False, seed: int | None = None) -> SamplingParams:
+        ro = self.recipe.rollout
+        return SamplingParams(n=1 if greedy else ro.samples_per_prompt, max_new_tokens=ro.max_new_tokens,
+                              temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k, greedy=greedy, seed=seed)
+
+    def _load_eval_rows(self) -> _EvalRows | None:
+        d = self.recipe.data
+        if d.eval_source is None and not d.source.startswith("builtin:"):
+            return None
+        ds = load_rows(d, d.eval_split, source=d.eval_source or d.source, base_dir=self.base_dir)
+        if d.eval_size:
+            ds = ds.select(range(min(d.eval_size, len(ds))))
+        from rltune.data.prompts import format_prompt
+
+        cols = ds.to_dict()
+        return _EvalRows([format_prompt(p, d, self.tok) for p in cols[d.prompt_column]], cols)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "engine": self.engine.state_dict(),
+            "loader": self.loader.state_dict(),
+            "modifiers": self.mods.state_dict(),
+            "weight_version": self.rollout.weight_version,
+            "best": self.best,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+        }
+
+    def _load_state(self, sd: dict[str, Any]) -> None:
+        self.step = sd["step"]
+        self.engine.load_state_dict(sd["engine"])
+        self.loader.load_state_dict(sd["loader"])
+        self.mods.load_state_dict(sd["modifiers"])
+        self.rollout.weight_version = sd["weight_version"]
+        self.best = sd.get("best")
+        torch.set_rng_state(sd["rng"]["torch"])
+        random.setstate(sd["rng"]["python"])
+        np.random.set_state(sd["rng"]["numpy"])
+
+    def save_checkpoint(self) -> Path:
+        return ckpt.save_checkpoint(self.ckpt_root, self.step, self.model.save_pretrained, self.state_dict(),
+                                    self.recipe.run.keep_last)
+
+    def export(self, out: Path) -> None:
+        """A servable Hugging Face folder: LoRA adapters are merged into a copy of the base."""
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = self.model
+        if self.recipe.model.lora is not None:
+            import copy
+
+            model = copy.deepcopy(self.model).merge_and_unload()
+        model.save_pretrained(tmp)
+        self.tok.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> Path | None:
+        has_run = (self.run_dir / "metrics.jsonl").exists() or self.ckpt_root.exists()
+        if resume:
+            found = ckpt.find_latest(self.ckpt_root)
+            if found is None:
+                raise RunDirError(f"--resume: no valid checkpoint under {self.ckpt_root}; start without --resume")
+            return found
+        if has_run and not overwrite:
+            raise RunDirError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or --overwrite to start over "
+                "(or change run.name / run.output_dir)"
+            )
+        if has_run and overwrite:
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return None
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT/SIGTERM finish the current step, then a checkpoint is written and fit() returns."""
+        def handler(signum, _frame):
+            if self._stop_signal is not None:  # second signal: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+
+        prev = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in prev:
+                signal.signal(s, handler)
+        except ValueError:  # not the main thread (e.g. inside a Ray actor): no handlers
+            prev = {}
+        try:
+            yield
+        finally:
+            for s, h in prev.items():
+                signal.signal(s, h)
+
+
+class _EvalRows:
+    def __init__(self, prompts: list[str], meta: dict[str, list]):
+        self.prompts, self.meta = prompts, meta
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, s: slice) -> dict[str, Any]:
+        return {"prompts": self.prompts[s], "meta": {k: v[s] for k, v in self.meta.items()}}
+
+
+def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False) -> dict:
+    """Python API: run a recipe to the end; returns the last step's metrics."""
+    return Trainer(recipe, base_dir, resume=resume, overwrite=overwrite).fit()
+
+
+def _reward_input(batch: RolloutBatch, step: int) -> RewardInput:
+    return RewardInput(prompts=batch.prompts, completions=batch.completions, completion_ids=batch.completion_ids,
+                       meta=batch.meta, step=step)
+
+
+def _flat_groups(raw: torch.Tensor, group_id: torch.Tensor) -> float:
+    flat = []
+    for g in group_id.unique():
+        vals = raw[group_id == g]
+        vals = vals[~torch.isnan(vals)]
+        flat.append(bool(len(vals) == 0 or (vals == vals[0]).all()))
+    return float(np.mean(flat))
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + 17) % (2**31 - 1)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _timer(timers: dict[str, float], key: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timers[key] += time.perf_counter() - t0
