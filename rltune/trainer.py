@@ -13,6 +13,7 @@ modifiers (rltune/modifiers); nothing in this file branches on a method name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import shutil
@@ -32,7 +33,14 @@ from rltune.data.batch import RolloutBatch
 from rltune.data.prompts import PromptLoader, load_rows
 from rltune.logging import MetricLogger
 from rltune.models.policy import load_policy
-from rltune.modifiers.base import AdvantageContext, GradView, LossContext, RewardContext, StepState
+from rltune.modifiers.base import (
+    AdvantageContext,
+    GradView,
+    LossContext,
+    PromptContext,
+    RewardContext,
+    StepState,
+)
 from rltune.modifiers.pipeline import ModifierPipeline
 from rltune.ops import masked_mean
 from rltune.reward import RewardInput, RewardManager
@@ -137,7 +145,8 @@ class Trainer:
 
         # -- rollout: B prompts -> N = B·G completions with their sampling log-probs
         with _timer(timers, "time/rollout"):
-            prompts = self.mods.on_prompts(self.loader.next(r.rollout.prompts_per_step), state)
+            probe = self._probe if "probe" in self.mods.requires else None
+            prompts = self.mods.on_prompts(self.loader.next(r.rollout.prompts_per_step), PromptContext(state, probe))
             batch = self.rollout.generate(prompts, self._sampling(seed=step_seed))
 
         # -- reward: scores [N,K] -> rewards [N] (NaN = unscorable), then reward shaping (e.g. ReDit)
@@ -235,6 +244,14 @@ class Trainer:
         acc["train/grad_norm"] = self.engine.step()
         acc["train/lr"] = self.engine.lr
         return dict(acc)
+
+    def _probe(self, prompts, n: int) -> torch.Tensor:
+        """Raw rewards [B,n] of n hint-free samples per prompt from the current policy (no training use)."""
+        from rltune.data.batch import PromptBatch
+
+        plain = PromptBatch(prompts=prompts.prompts, meta=prompts.meta)
+        b = self.rollout.generate(plain, dataclasses.replace(self._sampling(), n=n))
+        return self.rewards(_reward_input(b, self.step)).rewards.view(len(prompts), n)
 
     @torch.no_grad()
     def _score_batch(self, batch: RolloutBatch, entropy: bool):

@@ -16,7 +16,7 @@ import torch
 class PromptBatch:
     prompts: list[str]                      # [B] prompt text as fed to the tokenizer (templated)
     meta: dict[str, list[Any]]              # dataset columns, each [B]
-    hints: list[str] | None = None          # [B] forced response prefixes (ADHint), "" = none
+    hints: list[list[str]] | None = None    # [B][G] forced response prefix per sample (ADHint); "" = none
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -3,9 +3,10 @@ from rltune.modifiers.base import (
     GradView,
     LossContext,
     Modifier,
+    PromptContext,
     RewardContext,
     StepState,
     TokenWeights,
 )
 
-__all__ = ["AdvantageContext", "GradView", "LossContext", "Modifier", "RewardContext", "StepState", "TokenWeights"]
+__all__ = ["AdvantageContext", "GradView", "LossContext", "Modifier", "PromptContext", "RewardContext", "StepState", "TokenWeights"]

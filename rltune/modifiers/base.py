@@ -8,7 +8,7 @@ the modifier that broke it. N = rows (completions), T = response positions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 
@@ -24,7 +24,7 @@ HOOKS = (
     "on_step_end",
 )
 # Capabilities the trainer can provide on request (`requires`): computed only when a modifier asks.
-CAPABILITIES = frozenset({"entropy", "old_logprobs", "ref_logprobs", "hints", "step_idx", "images"})
+CAPABILITIES = frozenset({"entropy", "old_logprobs", "ref_logprobs", "probe", "step_idx", "images"})
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,14 @@ class StepState:
     def generator(self, salt: int = 0) -> torch.Generator:
         """A generator seeded by (seed, step, rank, salt): deterministic, different per rank (ReDit §3)."""
         return torch.Generator().manual_seed(((self.seed * 1_000_003 + self.step) * 65_537 + self.rank) * 31 + salt)
+
+
+@dataclass(frozen=True)
+class PromptContext:
+    state: StepState
+    # With `requires = {"probe"}`: probe(prompts, n) samples n hint-free completions per prompt with the
+    # current policy and returns their raw rewards [B,n] (ADHint's difficulty prior). None otherwise.
+    probe: Callable[[PromptBatch, int], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,8 +119,8 @@ class Modifier:
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
 
-    def on_prompts(self, prompts: PromptBatch, state: StepState) -> PromptBatch:
-        """Called before rollout; may attach hints or filter prompts."""
+    def on_prompts(self, prompts: PromptBatch, ctx: PromptContext) -> PromptBatch:
+        """Called before rollout; may attach per-sample hints (`PromptBatch.hints`) or filter prompts."""
         return prompts
 
     def shape_rewards(self, rewards: torch.Tensor, ctx: RewardContext) -> torch.Tensor:

@@ -20,6 +20,7 @@ from rltune.modifiers.base import (
     GradView,
     LossContext,
     Modifier,
+    PromptContext,
     RewardContext,
     StepState,
     TokenWeights,
@@ -91,9 +92,9 @@ class ModifierPipeline:
             if getattr(type(m), hook) is not getattr(Modifier, hook):
                 yield name, m
 
-    def on_prompts(self, prompts: PromptBatch, state: StepState) -> PromptBatch:
+    def on_prompts(self, prompts: PromptBatch, ctx: PromptContext) -> PromptBatch:
         for name, m in self._overridden("on_prompts"):
-            out = self._call(name, m, "on_prompts", prompts, state)
+            out = self._call(name, m, "on_prompts", prompts, ctx)
             if not isinstance(out, PromptBatch):
                 raise ModifierError(f"modifier {name!r}.on_prompts must return a PromptBatch, got {type(out).__name__}")
             prompts = out

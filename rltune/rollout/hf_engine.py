@@ -2,6 +2,8 @@
 
 Log-probs recorded are those of the temperature-scaled full distribution (what the trainer recomputes), not
 of the top-k/top-p-renormalised one; the trainer logs the mismatch (`rollout/logprob_diff`).
+Forced response prefixes (`PromptBatch.hints`, ADHint) are part of the response: they are fed to the model
+before it continues, marked in `extras["hint_mask"]`, and get rollout log-prob 0 (they were not sampled).
 """
 
 from __future__ import annotations
@@ -17,28 +19,45 @@ class PromptTooLongError(ValueError):
     pass
 
 
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = True
+    return ids, mask
+
+
 class HFEngine:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_prompt_tokens: int = 512):
         self.model, self.tok, self.max_prompt_tokens = model, tokenizer, max_prompt_tokens
         self.weight_version = 0
 
-    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, texts: list[str]) -> list[list[int]]:
         # Special tokens off: prompts are already templated text (a chat template adds its own).
-        enc = self.tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-        lens = enc["attention_mask"].sum(1)
-        if int(lens.max()) > self.max_prompt_tokens:
-            i = int(lens.argmax())
-            raise PromptTooLongError(
-                f"prompt {i} has {int(lens[i])} tokens > data.max_prompt_tokens={self.max_prompt_tokens}: "
-                f"{prompts[i][:80]!r}...; raise data.max_prompt_tokens or filter long prompts"
-            )
-        return enc["input_ids"], enc["attention_mask"].bool()
+        return self.tok(texts, add_special_tokens=False)["input_ids"] if texts else []
 
     @torch.inference_mode()
     def generate(self, prompts: PromptBatch, params: SamplingParams) -> RolloutBatch:
         n = params.n
         texts = [p for p in prompts.prompts for _ in range(n)]
-        prompt_ids, prompt_mask = self.encode_prompts(texts)
+        unique = self._encode(list(prompts.prompts))
+        for i, ids in enumerate(unique):
+            if len(ids) > self.max_prompt_tokens:
+                raise PromptTooLongError(
+                    f"prompt {i} has {len(ids)} tokens > data.max_prompt_tokens={self.max_prompt_tokens}: "
+                    f"{prompts.prompts[i][:80]!r}...; raise data.max_prompt_tokens or filter long prompts"
+                )
+        prompt_rows = [ids for ids in unique for _ in range(n)]
+        hint_texts = [h for hs in prompts.hints for h in hs] if prompts.hints is not None else [""] * len(texts)
+        if len(hint_texts) != len(texts):
+            raise ValueError(f"PromptBatch.hints must hold {n} entries per prompt, got {len(hint_texts)} in all")
+        forced = [self._encode([h])[0] if h else [] for h in hint_texts]
+        prompt_ids, prompt_mask = _left_pad(prompt_rows, self.tok.pad_token_id)
+        gen_ids, gen_mask = _left_pad([p + f for p, f in zip(prompt_rows, forced)], self.tok.pad_token_id)
+
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
@@ -46,8 +65,8 @@ class HFEngine:
             torch.manual_seed(params.seed)
         sample = not params.greedy
         out = self.model.generate(
-            input_ids=prompt_ids.to(device),
-            attention_mask=prompt_mask.long().to(device),
+            input_ids=gen_ids.to(device),
+            attention_mask=gen_mask.long().to(device),
             max_new_tokens=params.max_new_tokens,
             do_sample=sample,
             temperature=params.temperature if sample else None,
@@ -60,30 +79,43 @@ class HFEngine:
         )
         if was_training:
             self.model.train()
-        P = prompt_ids.shape[1]
-        response = out.sequences[:, P:].cpu()
-        N, T = response.shape
-        is_eos = response == self.tok.eos_token_id
+        new = out.sequences[:, gen_ids.shape[1]:].cpu()
+        N, Tg = new.shape
+        is_eos = new == self.tok.eos_token_id
         has_eos = is_eos.any(1)
-        first_eos = torch.where(has_eos, is_eos.float().argmax(1), torch.full((N,), T - 1))
-        response_len = torch.where(has_eos, first_eos + 1, torch.full((N,), T))
+        gen_len = torch.where(has_eos, is_eos.float().argmax(1) + 1, torch.full((N,), Tg))
+        if sample:
+            logits = torch.stack(out.logits, dim=1).float().cpu() / params.temperature  # [N,Tg,V]
+            gen_lp = torch.log_softmax(logits, -1).gather(-1, new[..., None]).squeeze(-1)
+        else:
+            gen_lp = torch.zeros(N, Tg)
+
+        # Response = forced prefix (if any) + generated tokens up to and including EOS, right-padded.
+        hint_len = torch.tensor([len(f) for f in forced], dtype=torch.long)
+        response_len = hint_len + gen_len
+        T = int(response_len.max())
+        response = torch.full((N, T), self.tok.pad_token_id, dtype=torch.long)
+        logprobs = torch.zeros(N, T)
+        for i in range(N):
+            h, g = int(hint_len[i]), int(gen_len[i])
+            if h:
+                response[i, :h] = torch.tensor(forced[i])
+            response[i, h:h + g] = new[i, :g]
+            logprobs[i, h:h + g] = gen_lp[i, :g]
         pos = torch.arange(T)
         response_mask = pos[None, :] < response_len[:, None]
-        response = response.masked_fill(~response_mask, self.tok.pad_token_id)
-        if sample:
-            logits = torch.stack(out.logits, dim=1).float().cpu() / params.temperature  # [N,T,V]
-            logprobs = torch.log_softmax(logits, -1).gather(-1, response[..., None]).squeeze(-1)
-            logprobs = logprobs.masked_fill(~response_mask, 0.0)
-        else:
-            logprobs = torch.zeros(N, T)
         text_len = response_len - has_eos.long()  # drop the EOS token from the text
         completions = self.tok.batch_decode(
             [r[:k].tolist() for r, k in zip(response, text_len.tolist())], skip_special_tokens=True
         )
+        extras = {}
+        if prompts.hints is not None:
+            extras["hint_mask"] = pos[None, :] < hint_len[:, None]
+            extras["is_hint"] = hint_len > 0
         group_id = torch.arange(len(prompts)).repeat_interleave(n)
         meta = {k: [v for v in vals for _ in range(n)] for k, vals in prompts.meta.items()}
         return RolloutBatch(
             prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response, response_mask=response_mask,
             response_len=response_len, rollout_logprobs=logprobs, group_id=group_id, truncated=~has_eos,
-            prompts=texts, completions=completions, meta=meta, weight_version=self.weight_version,
+            prompts=texts, completions=completions, meta=meta, weight_version=self.weight_version, extras=extras,
         )
