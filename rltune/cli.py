@@ -198,6 +198,9 @@ def _print_plan(r, trainer) -> None:
 def _print_summary(trainer, recipe: Path) -> None:
     from rltune.logging import read_metrics
 
+    if trainer.stopped_by is not None:
+        out.print(f"Resume with: rltune train {recipe} --resume", highlight=False, soft_wrap=True)
+        return
     rows = [m for m in read_metrics(trainer.run_dir) if "eval/accuracy" in m]
     if len(rows) >= 2:
         out.print(f"held-out accuracy (greedy): before {rows[0]['eval/accuracy']:.3f} (step {rows[0]['step']}) -> "
@@ -205,7 +208,7 @@ def _print_summary(trainer, recipe: Path) -> None:
     steps = [m["time/step"] for m in read_metrics(trainer.run_dir) if "time/step" in m]
     if steps:
         out.print(f"median s/step {sorted(steps)[len(steps) // 2]:.3f}; model: {trainer.run_dir / 'final'}; "
-                  f"resume: rltune train {recipe} --resume")
+                  f"metrics: {trainer.run_dir / 'metrics.jsonl'}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

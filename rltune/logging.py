@@ -66,10 +66,10 @@ class MetricLogger:
                 parts.append(f"{label} {metrics[key]:.3f}")
         self._progress.update(self._task, completed=step, info="  ".join(parts))
 
-    def print(self, msg: str) -> None:
+    def print(self, msg: str, always: bool = False) -> None:
         if self._progress is not None:
             self._progress.console.print(msg)
-        elif self.cfg.console:
+        elif self.cfg.console or always:
             console.print(msg)
 
     def close(self) -> None:

@@ -124,15 +124,18 @@ class Trainer:
                     self.save_checkpoint()
             if self._stop_signal is not None:
                 path = self.save_checkpoint()
-                self.logger.print(
-                    f"[yellow]{self._stop_signal}: saved {path} at step {self.step}. Resume with:[/]\n"
-                    f"  rltune train <recipe> --resume"
-                )
+                self.logger.print(f"[yellow]{self._stop_signal}: stopped after step {self.step}; saved {path}[/]",
+                                  always=True)
             else:
                 self.save_checkpoint()
                 self.export(self.run_dir / "final")
         self.logger.close()
         return last
+
+    @property
+    def stopped_by(self) -> str | None:
+        """The signal that stopped fit() early (a checkpoint was written), or None after a complete run."""
+        return self._stop_signal
 
     def train_step(self) -> dict[str, Any]:
         r, a = self.recipe, self.recipe.algo
@@ -146,7 +149,8 @@ class Trainer:
         # -- rollout: B prompts -> N = B·G completions with their sampling log-probs
         with _timer(timers, "time/rollout"):
             probe = self._probe if "probe" in self.mods.requires else None
-            prompts = self.mods.on_prompts(self.loader.next(r.rollout.prompts_per_step), PromptContext(state, probe))
+            prompt_ctx = PromptContext(state, probe, r.rollout.samples_per_prompt)
+            prompts = self.mods.on_prompts(self.loader.next(r.rollout.prompts_per_step), prompt_ctx)
             batch = self.rollout.generate(prompts, self._sampling(seed=step_seed))
 
         # -- reward: scores [N,K] -> rewards [N] (NaN = unscorable), then reward shaping (e.g. ReDit)

@@ -46,6 +46,7 @@ class PromptContext:
     # With `requires = {"probe"}`: probe(prompts, n) samples n hint-free completions per prompt with the
     # current policy and returns their raw rewards [B,n] (ADHint's difficulty prior). None otherwise.
     probe: Callable[[PromptBatch, int], torch.Tensor] | None = None
+    samples_per_prompt: int = 1    # G: completions the rollout draws per prompt (`hints` must be [B][G])
 
 
 @dataclass(frozen=True)

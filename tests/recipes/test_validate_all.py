@@ -1,0 +1,43 @@
+"""`rltune validate` passes on every shipped recipe, and names the problem on broken ones."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, TINY, merge
+
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def _validate(*paths):
+    return subprocess.run([sys.executable, "-m", "rltune.cli", "validate", *map(str, paths)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_every_recipe_validates():
+    assert RECIPES, "no recipes found"
+    r = _validate(*RECIPES)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("ok") == len(RECIPES)
+
+
+@pytest.mark.parametrize(
+    "over, expected",
+    [
+        ({"rewards": [{"use": "exact_mach"}]}, ["exact_mach", "did you mean 'exact_match'"]),
+        ({"rewards": [{"use": "exact_match", "args": {"colum": "answer"}}]}, ["colum", "column"]),
+        ({"rewards": [{"use": "no_such_pkg.mod:fn"}]}, ["no_such_pkg"]),
+        ({"modifiers": [{"use": "nope_mod"}]}, ["nope_mod"]),
+        ({"algo": {"kl_coeff": 1}}, ["kl_coeff", "did you mean 'kl_coef'"]),
+    ],
+)
+def test_validate_names_the_problem(tmp_path, over, expected):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(merge(TINY, over)))
+    r = _validate(p)
+    assert r.returncode == 1
+    for piece in expected:
+        assert piece in r.stdout, (piece, r.stdout)
