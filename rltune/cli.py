@@ -28,6 +28,7 @@ err = Console(stderr=True)
 for _k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_k, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -160,6 +161,58 @@ def eval_cmd(
         out.print(json.dumps(_eval_model(r, str(checkpoint))))
     except _user_errors() as e:
         _fail(e)
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories (runs/<name>)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN/report)."),
+) -> None:
+    """A self-contained HTML report (and PNGs) of one run, or of several side by side."""
+    from rltune.report import build_report
+
+    try:
+        index = build_report(run_dirs, out_dir)
+    except FileNotFoundError as e:
+        _fail(e)
+    out.print(f"report: {index}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def doctor(ray: bool = typer.Option(True, help="Also look for a running Ray cluster.")) -> None:
+    """Versions, devices, offline mode, DeepSpeed, Ray: each problem with its fix."""
+    from rltune.doctor import run_checks
+
+    t = Table(title="rltune doctor")
+    for col in ("check", "status", "detail", "fix"):
+        t.add_column(col)
+    bad = 0
+    for c in run_checks(check_ray=ray):
+        status = "[green]ok[/]" if c.ok else ("[dim]-[/]" if c.ok is None else "[red]FAIL[/]")
+        bad += c.ok is False
+        from rich.markup import escape
+
+        t.add_row(c.name, status, escape(c.detail), escape(c.fix if not c.ok else ""))
+    out.print(t)
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(Path("recipe.yaml"), help="Where to write the starter recipe."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a starter recipe (task, model, reward) to edit."""
+    from rltune.config.load import load_recipe
+
+    if path.exists() and not force:
+        err.print(f"{path} exists; pass --force to overwrite it")
+        raise typer.Exit(1)
+    src = Path(__file__).with_name("starter_recipe.yaml")
+    path.write_text(src.read_text())
+    load_recipe(path)  # the starter always validates
+    out.print(f"wrote {path}: edit it, then `rltune validate {path}` and `rltune train {path}`")
 
 
 def _eval_model(r, path: str) -> dict:

@@ -28,8 +28,10 @@ class MetricLogger:
                  run_name: str = "rltune"):
         self.cfg, self.run_dir = cfg, run_dir
         self.path = run_dir / "metrics.jsonl"
+        self.samples_path = run_dir / "samples.jsonl"
         if cfg.jsonl:
             _truncate_after(self.path, start_step)
+            _truncate_after(self.samples_path, start_step)
         self._wandb = None
         if cfg.wandb.mode != "disabled":
             import wandb
@@ -49,11 +51,14 @@ class MetricLogger:
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step, info="")
             self._progress.start()
 
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
+    def log(self, step: int, metrics: dict[str, Any], samples: list[dict[str, Any]] | None = None) -> None:
         rec = {"step": step, "time": round(time.time(), 3), **{k: _clean(v) for k, v in metrics.items()}}
         if self.cfg.jsonl:
             with open(self.path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+            if samples:
+                with open(self.samples_path, "a") as f:
+                    f.write(json.dumps({"step": step, "samples": samples}) + "\n")
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 

@@ -56,7 +56,7 @@ def run_sft(recipe: Recipe, base_dir: str | Path = ".") -> dict:
         seed=recipe.run.seed,
         dataloader_num_workers=0,
         dataset_num_proc=None,
-        disable_tqdm=False,
+        disable_tqdm=True,
     )
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
     out = trainer.train()

@@ -96,6 +96,7 @@ class Trainer:
         if resume_from is not None:
             self._load_state(ckpt.load_state(resume_from))
         self._stop_signal: str | None = None
+        self._last_samples: list[dict[str, Any]] = []
         self.logger: MetricLogger | None = None
 
     # ------------------------------------------------------------------------------------------- the loop
@@ -117,7 +118,7 @@ class Trainer:
                 ):
                     last |= self.evaluate()
                     self._track_best(last)
-                self.logger.log(self.step, last)
+                self.logger.log(self.step, last, samples=self._last_samples)
                 if self.step % r.run.log_interval == 0 or self.step == r.run.steps:
                     self.logger.progress(self.step, last)
                 if r.run.save_interval and self.step % r.run.save_interval == 0:
@@ -197,6 +198,7 @@ class Trainer:
         metrics = self._step_metrics(batch, result, raw, rewards, advantages, stats, timers)
         metrics["time/step"] = time.perf_counter() - t_step
         metrics |= self.mods.on_step_end(metrics, state)
+        self._last_samples = _samples(batch, raw)
         return metrics
 
     def _update(self, batch, advantages, loss_mask, weight, old_logprobs, entropy, ref_logprobs, denom, state):
@@ -438,6 +440,18 @@ def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, over
 def _reward_input(batch: RolloutBatch, step: int) -> RewardInput:
     return RewardInput(prompts=batch.prompts, completions=batch.completions, completion_ids=batch.completion_ids,
                        meta=batch.meta, step=step)
+
+
+def _samples(batch: RolloutBatch, raw: torch.Tensor, k: int = 2) -> list[dict[str, Any]]:
+    """The k best and k worst completions of a step, for the run report."""
+    order = torch.argsort(torch.nan_to_num(raw, nan=-float("inf")), descending=True).tolist()
+    pick = order[:k] + [i for i in order[-k:] if i not in order[:k]]
+    return [{"prompt": batch.prompts[i], "completion": batch.completions[i], "reward": _finite(raw[i])} for i in pick]
+
+
+def _finite(x: torch.Tensor) -> float | None:
+    v = float(x)
+    return v if np.isfinite(v) else None
 
 
 def _flat_groups(raw: torch.Tensor, group_id: torch.Tensor) -> float:
