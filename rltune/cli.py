@@ -38,12 +38,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rltune.modifiers.pipeline import ModifierError
     from rltune.plugins import PluginError
     from rltune.reward import RewardError
+    from rltune.rollout.dynamic import DynamicSamplingError
     from rltune.rollout.hf_engine import PromptTooLongError
     from rltune.sft import SFTError
-    from rltune.trainer import RunDirError
+    from rltune.trainer import RunDirError, TrainingDivergedError
 
     return (RecipeError, DataError, ModelLoadError, ModifierError, PluginError, RewardError, PromptTooLongError,
-            SFTError, RunDirError)
+            SFTError, RunDirError, TrainingDivergedError, DynamicSamplingError)
 
 
 def _fail(e: BaseException) -> None:

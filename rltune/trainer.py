@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import random
 import shutil
@@ -45,12 +46,19 @@ from rltune.modifiers.pipeline import ModifierPipeline
 from rltune.ops import masked_mean
 from rltune.reward import RewardInput, RewardManager
 from rltune.rollout.base import SamplingParams
+from rltune.rollout.dynamic import sample_groups
 from rltune.rollout.hf_engine import HFEngine
 from rltune.train import checkpoint as ckpt
+from rltune.train.critic import Critic
 from rltune.train.torch_engine import TorchEngine, response_logprobs
+from rltune.watchdog import Watchdog
 
 
 class RunDirError(RuntimeError):
+    pass
+
+
+class TrainingDivergedError(RuntimeError):
     pass
 
 
@@ -90,13 +98,18 @@ class Trainer:
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, self.tok, r.run.seed)
         self.eval_rows = self._load_eval_rows()
         self.rollout = HFEngine(self.model, self.tok, r.data.max_prompt_tokens)
-        self.engine = TorchEngine(self.model, r.train, r.run.steps)
+        self.engine = TorchEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
+        # PPO's value model (algo.advantage=gae) starts from the policy's starting model unless critic.path/tiny.
+        self.critic = Critic(r.critic, r.model, start, r.run.seed, r.train.micro_batch_size) if r.critic else None
+        self.kl_ctl = algo.KLController(r.algo.kl_coef, r.algo.kl_target, r.algo.kl_horizon)
         self.step = 0
         self.best: tuple[float, int] | None = None
         if resume_from is not None:
             self._load_state(ckpt.load_state(resume_from))
         self._stop_signal: str | None = None
         self._last_samples: list[dict[str, Any]] = []
+        self._skipped_in_a_row = 0
+        self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)
         self.logger: MetricLogger | None = None
 
     # ------------------------------------------------------------------------------------------- the loop
@@ -113,6 +126,7 @@ class Trainer:
             while self.step < r.run.steps and self._stop_signal is None:
                 last = self.train_step()
                 self.step += 1
+                self._check_diverged(last)
                 if self.eval_rows is not None and (
                     (r.run.eval_interval and self.step % r.run.eval_interval == 0) or self.step == r.run.steps
                 ):
@@ -131,7 +145,30 @@ class Trainer:
                 self.save_checkpoint()
                 self.export(self.run_dir / "final")
         self.logger.close()
+        self.watchdog.close()
         return last
+
+    def _check_diverged(self, metrics: dict[str, Any]) -> None:
+        """Skipped steps (non-finite loss/grads) are counted; too many in a row stop the run. The last
+        checkpoint on disk was written before the trouble, so it is left as it is."""
+        self._skipped_in_a_row = self._skipped_in_a_row + 1 if metrics.get("train/skipped_step") else 0
+        limit = self.recipe.train.max_skipped_steps
+        if self._skipped_in_a_row >= limit:
+            self.logger.log(self.step, metrics)
+            self.logger.close()
+            self.watchdog.close()
+            last = ckpt.find_latest(self.ckpt_root)
+            raise TrainingDivergedError(
+                f"{limit} steps in a row had a non-finite loss or gradient (last at step {self.step}); weights were "
+                f"not updated by them. Last good checkpoint: {last or 'none'}. Lower train.lr, set "
+                "train.max_grad_norm, or check rewards/modifiers for inf; then `--resume`."
+            )
+
+    @contextlib.contextmanager
+    def _phase(self, timers: dict[str, float], key: str):
+        """Time a phase (metric `key`) and let the watchdog know which phase is running."""
+        with self.watchdog.watch(key), _timer(timers, key):
+            yield
 
     @property
     def stopped_by(self) -> str | None:
@@ -147,16 +184,26 @@ class Trainer:
         timers: dict[str, float] = defaultdict(float)
         t_step = time.perf_counter()
 
-        # -- rollout: B prompts -> N = B·G completions with their sampling log-probs
-        with _timer(timers, "time/rollout"):
+        # -- rollout + reward: B prompts -> N = B·G completions with their sampling log-probs -> scores [N,K] ->
+        #    raw rewards [N] (NaN = unscorable). DAPO dynamic sampling repeats rounds until B groups vary.
+        with self._phase(timers, "time/rollout"):
             probe = self._probe if "probe" in self.mods.requires else None
             prompt_ctx = PromptContext(state, probe, r.rollout.samples_per_prompt)
-            prompts = self.mods.on_prompts(self.loader.next(r.rollout.prompts_per_step), prompt_ctx)
-            batch = self.rollout.generate(prompts, self._sampling(seed=step_seed))
 
-        # -- reward: scores [N,K] -> rewards [N] (NaN = unscorable), then reward shaping (e.g. ReDit)
-        with _timer(timers, "time/reward"):
-            result = self.rewards(_reward_input(batch, self.step))
+        def generate(prompts, k):  # round k of this step (k > 0 only with dynamic sampling)
+            with self._phase(timers, "time/rollout"):
+                prompts = self.mods.on_prompts(prompts, prompt_ctx)
+                return self.rollout.generate(prompts, self._sampling(seed=(step_seed + k * 104_729) % (2**31 - 1)))
+
+        def score(b):
+            with self._phase(timers, "time/reward"):
+                return self.rewards(_reward_input(b, self.step))
+
+        ds = a.dynamic_sampling
+        batch, result, dyn = sample_groups(generate, score, self.loader.next, r.rollout.prompts_per_step,
+                                           enabled=ds.enabled, max_rounds=ds.max_rounds, pad_id=self.tok.pad_token_id)
+        # -- reward shaping (e.g. ReDit) on a copy; filtering and logs use the raw rewards
+        with self._phase(timers, "time/reward"):
             raw = result.rewards
             rewards = self.mods.shape_rewards(raw.clone(), RewardContext(batch, raw, result.scores, state))
 
@@ -164,15 +211,25 @@ class Trainer:
         mask = batch.response_mask
         need = self.mods.requires
         old_logprobs = entropy = ref_logprobs = None
-        if "entropy" in need or "old_logprobs" in need or self.ref_model is not None or (
-            r.model.lora is not None and a.kl_coef > 0
-        ):
-            with _timer(timers, "time/old_logprobs"):
+        # More than one update per batch (ppo_epochs/mini_batches) needs the old policy's log-probs fixed first.
+        if "entropy" in need or "old_logprobs" in need or a.kl_coef > 0 or a.updates_per_step > 1:
+            with self._phase(timers, "time/old_logprobs"):
                 old_logprobs, entropy, ref_logprobs = self._score_batch(batch, entropy="entropy" in need)
 
-        # -- advantage: [N] rewards -> [N,T] advantages, then advantage modifiers (e.g. EMPG)
-        with _timer(timers, "time/advantage"):
-            advantages = algo.group_norm(rewards, batch.group_id, mask, scale=a.scale_rewards, eps=a.std_eps)
+        values = returns = kl_tok = None
+        if self.critic is not None:
+            with self._phase(timers, "time/values"):
+                values = self.critic.values(batch)
+
+        # -- advantage: [N] rewards (minus β·KL to the reference when algo.kl_placement=reward) -> [N,T]
+        #    advantages by the estimator named in algo.advantage (GAE also gives returns), then modifiers (EMPG)
+        with self._phase(timers, "time/advantage"):
+            if a.kl_coef > 0:
+                kl_tok = algo.kl_penalty(old_logprobs, ref_logprobs, a.kl_estimator) * mask
+            token_rewards = -self.kl_ctl.coef * kl_tok if kl_tok is not None and a.kl_placement == "reward" else None
+            advantages, returns = algo.estimate(a.advantage, rewards, batch.group_id, mask, values=values,
+                                                token_rewards=token_rewards, gamma=a.gamma, lam=a.lam,
+                                                scale=a.scale_rewards, eps=a.std_eps)
             adv_ctx = AdvantageContext(batch, rewards, raw, mask, batch.group_id, state, old_logprobs, entropy,
                                        dict(batch.extras))
             advantages = self.mods.shape_advantages(advantages, adv_ctx)
@@ -184,15 +241,27 @@ class Trainer:
                                    total_rows=len(batch))
             tw = self.mods.token_weights(full_ctx)
             loss_mask = mask & tw.mask if tw.mask is not None else mask
-            denom = algo.global_denominators(loss_mask, a.loss_agg)
+            if a.mask_truncated:  # DAPO overlong filtering: completions cut at max_new_tokens get no loss
+                loss_mask = loss_mask & ~batch.truncated[:, None]
 
-        # -- update: micro-batches with gradient accumulation, then one optimizer step
-        with _timer(timers, "time/update"):
-            stats = self._update(batch, advantages, loss_mask, tw.weight, old_logprobs, entropy, ref_logprobs,
-                                 denom, state)
+        # -- update: one optimizer step per mini-batch (ppo_epochs × mini_batches), micro-batches accumulating;
+        #    the critic first (PPO), then the policy unless the critic is still warming up (critic.warmup_steps)
+        plan = _minibatches(len(batch), a.ppo_epochs, a.mini_batches)
+        stats = dict(dyn)
+        if self.critic is not None:
+            with self._phase(timers, "time/critic"):
+                stats |= self.critic.update(batch, plan, values, returns, loss_mask)
+        if self.critic is None or self.step >= r.critic.warmup_steps:
+            with self._phase(timers, "time/update"):
+                stats |= self._update(batch, advantages, loss_mask, tw.weight, old_logprobs, entropy, ref_logprobs,
+                                      plan, state)
+        if kl_tok is not None:  # the rollout policy's KL to the reference drives the adaptive controller
+            stats["algo/kl_rollout"] = float(masked_mean(kl_tok, mask, dim=-1).mean())
+            stats["algo/kl_coef"] = self.kl_ctl.coef
+            self.kl_ctl.update(stats["algo/kl_rollout"], len(batch))
 
         # -- sync: the in-process engine shares the policy's weights; only the version moves
-        with _timer(timers, "time/sync"):
+        with self._phase(timers, "time/sync"):
             self.rollout.weight_version += 1
 
         metrics = self._step_metrics(batch, result, raw, rewards, advantages, stats, timers)
@@ -201,55 +270,69 @@ class Trainer:
         self._last_samples = _samples(batch, raw)
         return metrics
 
-    def _update(self, batch, advantages, loss_mask, weight, old_logprobs, entropy, ref_logprobs, denom, state):
+    def _update(self, batch, advantages, loss_mask, weight, old_logprobs, entropy, ref_logprobs, plan, state):
+        """One optimizer step per mini-batch of row indices in `plan`; micro-batches accumulate gradients, and
+        each mini-batch is normalised by its own global token/sequence counts. Metrics: means over the steps."""
         r, a = self.recipe, self.recipe.algo
-        N, T = batch.response_ids.shape
+        T = batch.response_ids.shape[1]
         input_ids, attn = batch.input_ids, batch.attention_mask
         acc: dict[str, float] = defaultdict(float)
-        mb = min(r.train.micro_batch_size, N)
-        for lo in range(0, N, mb):
-            rows = torch.arange(lo, min(lo + mb, N))
-            # Entropy carries grad only when it is part of the loss; otherwise it is a detached metric.
-            lp, ent = self.engine.forward(input_ids[rows], attn[rows], T, r.rollout.temperature, entropy=True,
-                                          entropy_grad=bool(a.entropy_coef))
-            # On-policy single update: the old policy is the current one, so ratio = 1 with the right gradient
-            # and no extra forward (as TRL does for num_iterations=1).
-            old = lp.detach() if old_logprobs is None else old_logprobs[rows]
-            m = loss_mask[rows]
-            pg, clipped = algo.ppo_clip_loss(lp, old, advantages[rows], a.clip_low, a.clip_high, a.dual_clip_c)
-            if weight is not None:
-                pg = pg * weight[rows]
-            loss = algo.aggregate(pg, m, a.loss_agg, **denom, scale_constant=r.loss_scale_constant)
-            acc["loss/policy"] += float(loss.detach())
-            if a.kl_coef > 0:
-                kl = algo.kl_penalty(lp, ref_logprobs[rows], a.kl_estimator)
-                kl_loss = algo.aggregate(kl, m, a.loss_agg, **denom, scale_constant=r.loss_scale_constant)
-                loss = loss + a.kl_coef * kl_loss
-                acc["algo/kl"] += float(kl_loss.detach())
-            if a.entropy_coef:
-                loss = loss - a.entropy_coef * algo.aggregate(ent, m, a.loss_agg, **denom,
-                                                              scale_constant=r.loss_scale_constant)
-            ctx = LossContext(rows, lp, old, advantages[rows], m, state,
-                              entropy[rows] if entropy is not None else None,
-                              {k: v[rows] for k, v in batch.extras.items()}, total_rows=N)
-            for name, term in self.mods.extra_loss(ctx).items():
-                loss = loss + term
-                acc[f"loss/{name}"] += float(term.detach())
-            self.engine.backward(loss)
-            acc["loss/total"] += float(loss.detach())
-            share = float(m.sum()) / max(1.0, float(loss_mask.sum()))
-            acc["algo/clip_frac"] += float(masked_mean(clipped.float(), m)) * share if m.any() else 0.0
-            acc["algo/entropy"] += float(masked_mean(ent.detach(), m)) * share if m.any() else 0.0
-            acc["rollout/logprob_diff"] += float(masked_mean((lp.detach() - batch.rollout_logprobs[rows]).abs(), m)) \
-                * share if m.any() else 0.0
-        self.mods.on_gradients(GradView(self.engine.named_parameters()), state)
-        if not (np.isfinite(acc["loss/total"]) and self.engine.grads_finite()):
-            self.engine.skip_step()
-            acc["train/skipped_step"] = 1.0
-            return dict(acc)
-        acc["train/grad_norm"] = self.engine.step()
-        acc["train/lr"] = self.engine.lr
-        return dict(acc)
+        kl_coef = self.kl_ctl.coef if a.kl_placement == "loss" else 0.0
+        for mini in plan:
+            denom = algo.global_denominators(loss_mask[mini], a.loss_agg)
+            agg = functools.partial(algo.aggregate, mode=a.loss_agg, **denom, scale_constant=r.loss_scale_constant)
+            step_loss = 0.0
+            for rows in mini.split(r.train.micro_batch_size):
+                # Entropy carries grad only when it is part of the loss; otherwise it is a detached metric.
+                lp, ent = self.engine.forward(input_ids[rows], attn[rows], T, r.rollout.temperature, entropy=True,
+                                              entropy_grad=bool(a.entropy_coef))
+                # On-policy single update: the old policy is the current one, so ratio = 1 with the right
+                # gradient and no extra forward (as TRL does for num_iterations=1).
+                old = lp.detach() if old_logprobs is None else old_logprobs[rows]
+                m = loss_mask[rows]
+                pg, clipped = algo.policy_loss(a.policy_loss, lp, old, advantages[rows], m, clip_low=a.clip_low,
+                                               clip_high=a.clip_high, dual_clip_c=a.dual_clip_c)
+                if weight is not None:
+                    pg = pg * weight[rows]
+                loss = agg(pg, m)
+                acc["loss/policy"] += float(loss.detach())
+                if kl_coef > 0:
+                    kl_loss = agg(algo.kl_penalty(lp, ref_logprobs[rows], a.kl_estimator), m)
+                    loss = loss + kl_coef * kl_loss
+                    acc["algo/kl"] += float(kl_loss.detach())
+                if a.entropy_coef:
+                    loss = loss - a.entropy_coef * agg(ent, m)
+                ctx = LossContext(rows, lp, old, advantages[rows], m, state,
+                                  entropy[rows] if entropy is not None else None,
+                                  {k: v[rows] for k, v in batch.extras.items()}, total_rows=len(mini))
+                for name, term in self.mods.extra_loss(ctx).items():
+                    loss = loss + term
+                    acc[f"loss/{name}"] += float(term.detach())
+                self.engine.backward(loss)
+                step_loss += float(loss.detach())
+                if m.any():
+                    share = float(m.sum()) / max(1.0, denom["num_tokens"])
+                    lpd = lp.detach()
+                    acc["algo/clip_frac"] += float(masked_mean(clipped.float(), m)) * share
+                    acc["algo/entropy"] += float(masked_mean(ent.detach(), m)) * share
+                    acc["algo/ppo_kl"] += float(masked_mean(old - lpd, m)) * share  # drift from the old policy
+                    acc["rollout/logprob_diff"] += float(masked_mean((lpd - batch.rollout_logprobs[rows]).abs(), m)) \
+                        * share
+            acc["loss/total"] += step_loss
+            self.mods.on_gradients(GradView(self.engine.named_parameters()), state)
+            if not (np.isfinite(step_loss) and self.engine.grads_finite()):
+                self.engine.skip_step()
+                acc["train/skipped_step"] += 1.0
+                continue
+            acc["train/grad_norm"] += self.engine.step()
+            acc["train/optimizer_steps"] += 1.0
+        steps = acc.get("train/optimizer_steps", 0.0)
+        out = {k: v / len(plan) for k, v in acc.items() if k not in ("train/skipped_step", "train/optimizer_steps")}
+        out |= {k: acc[k] for k in ("train/skipped_step", "train/optimizer_steps") if k in acc}
+        if steps:
+            out["train/grad_norm"] = acc["train/grad_norm"] / steps
+            out["train/lr"] = self.engine.lr
+        return out
 
     def _probe(self, prompts, n: int) -> torch.Tensor:
         """Raw rewards [B,n] of n hint-free samples per prompt from the current policy (no training use)."""
@@ -351,6 +434,8 @@ class Trainer:
             "modifiers": self.mods.state_dict(),
             "weight_version": self.rollout.weight_version,
             "best": self.best,
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "critic": self.critic.state_dict() if self.critic is not None else None,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
         }
 
@@ -361,6 +446,10 @@ class Trainer:
         self.mods.load_state_dict(sd["modifiers"])
         self.rollout.weight_version = sd["weight_version"]
         self.best = sd.get("best")
+        if "kl_ctl" in sd:
+            self.kl_ctl.load_state_dict(sd["kl_ctl"])
+        if self.critic is not None and sd.get("critic") is not None:
+            self.critic.load_state_dict(sd["critic"])
         torch.set_rng_state(sd["rng"]["torch"])
         random.setstate(sd["rng"]["python"])
         np.random.set_state(sd["rng"]["numpy"])
@@ -461,6 +550,11 @@ def _flat_groups(raw: torch.Tensor, group_id: torch.Tensor) -> float:
         vals = vals[~torch.isnan(vals)]
         flat.append(bool(len(vals) == 0 or (vals == vals[0]).all()))
     return float(np.mean(flat))
+
+
+def _minibatches(n: int, epochs: int, mini_batches: int) -> list[torch.Tensor]:
+    """Row indices of each optimizer step: `epochs` passes over the batch, each cut in order into `mini_batches`."""
+    return [rows for _ in range(epochs) for rows in torch.arange(n).chunk(mini_batches)]
 
 
 def _step_seed(seed: int, step: int) -> int:

@@ -11,6 +11,8 @@ from rltune.algo.advantages import (
     rloo,
     singleton_groups,
 )
+from rltune.algo.dispatch import ESTIMATORS, NEEDS_VALUES, POLICY_LOSSES, estimate, policy_loss
+from rltune.algo.kl_control import KLController
 from rltune.algo.losses import (
     AggDenominators,
     AggMode,
@@ -24,10 +26,15 @@ from rltune.algo.losses import (
 )
 
 __all__ = [
+    "ESTIMATORS",
+    "KLController",
+    "NEEDS_VALUES",
+    "POLICY_LOSSES",
     "AggDenominators",
     "AggMode",
     "aggregate",
     "dynamic_sampling_keep",
+    "estimate",
     "gae",
     "global_denominators",
     "group_mean",
@@ -35,6 +42,7 @@ __all__ = [
     "gspo_loss",
     "kl_penalty",
     "outcome_to_token_rewards",
+    "policy_loss",
     "ppo_clip_loss",
     "reinforce_pp",
     "reinforce_pp_baseline",

@@ -6,6 +6,7 @@ keys (see `load.py`). Derived values are properties, never stored fields.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
@@ -26,6 +27,9 @@ class RunConfig(Section):
     save_interval: int = Field(0, ge=0, description="Checkpoint every k steps (0 = only at the end / on signal).")
     keep_last: PositiveInt = Field(2, description="How many step checkpoints to keep.")
     threads: int = Field(0, ge=0, description="torch intra-op threads (0 = torch's default).")
+    watchdog_s: float = Field(
+        0.0, ge=0.0, description="Dump all stacks and name the phase when one makes no progress this long (0 = off)."
+    )
 
     @property
     def run_dir(self) -> str:
@@ -106,33 +110,155 @@ class RolloutConfig(Section):
 LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
 
+Advantage = Literal["group_norm", "group_mean", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gae"]
+KLEstimator = Literal["k1", "k2", "k3", "abs", "k1+", "k2+", "k3+", "abs+"]
+CRITIC_FREE = ("group_norm", "group_mean", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+
+
+class DynamicSamplingConfig(Section):
+    """DAPO dynamic sampling (2503.14476 §3.2; verl `algorithm.filter_groups`; TRL has none)."""
+
+    enabled: bool = Field(False, description="Drop prompt groups whose raw reward is constant (all right or all "
+                          "wrong: zero advantage) and generate more prompts until prompts_per_step groups vary.")
+    max_rounds: int = Field(
+        10, ge=0, description="Most generation rounds per step, the first included (verl max_num_gen_batches, whose "
+        "default 0 = unlimited); hitting it stops the run with an error that says what to change. 0 = unlimited.")
+
+
 class AlgoConfig(Section):
-    advantage: Literal["group_norm"] = Field("group_norm", description="Advantage estimator.")
-    scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group", description="Divide by the group std (GRPO), the batch std, or not at all (Dr.GRPO)."
+    advantage: Advantage = Field(
+        "group_norm",
+        description="Advantage estimator: group_norm (GRPO), group_mean (Dr.GRPO), rloo, reinforce_pp (batch-whitened "
+        "discounted returns), reinforce_pp_baseline (group mean, then batch whitening), gae (PPO; needs `critic:`). "
+        "verl: algorithm.adv_estimator (grpo, rloo, reinforce_plus_plus, ...); OpenRLHF: advantage.estimator.",
     )
-    std_eps: float = Field(1e-6, gt=0, description="Added to the std (verl's 1e-6).")
-    clip_low: float = Field(0.2, ge=0.0, description="PPO clip ε_low: ratio ≥ 1-ε_low.")
-    clip_high: float = Field(0.2, ge=0.0, description="PPO clip ε_high: ratio ≤ 1+ε_high (DAPO: 0.28).")
-    dual_clip_c: float | None = Field(None, gt=1.0, description="Dual-clip bound c for A<0 (verl: 3.0).")
-    kl_coef: float = Field(0.0, ge=0.0, description="β of the KL loss; the reference model loads only if > 0.")
-    kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k3"
-    loss_agg: LossAgg = Field("token-mean", description="How per-token losses reduce to a scalar.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="group_norm only: divide by the group std (GRPO), the batch std (TRL 'batch'), or not at "
+        "all (= group_mean). verl: norm_adv_by_std_in_grpo; TRL: scale_rewards."
+    )
+    std_eps: float = Field(1e-6, gt=0, description="Added to the std (verl's 1e-6; TRL uses 1e-4).")
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="Discount of reinforce_pp and gae (verl default 1.0).")
+    lam: float = Field(1.0, ge=0.0, le=1.0, description="GAE λ (verl default 1.0; TRL PPO 0.95).")
+    policy_loss: Literal["ppo_clip", "gspo"] = Field(
+        "ppo_clip", description="ppo_clip: token-level ratio (PPO/GRPO/DAPO); gspo: sequence-level ratio (GSPO, "
+        "2507.18071; needs loss_agg seq-mean-token-mean, and differs from ppo_clip only off-policy, i.e. with "
+        "ppo_epochs or mini_batches > 1). verl: actor.policy_loss.loss_mode; TRL: importance_sampling_level."
+    )
+    ppo_epochs: PositiveInt = Field(
+        1, description="Passes over each rollout batch (verl ppo_epochs; TRL num_iterations). With ppo_epochs or "
+        "mini_batches > 1 the old log-probs are recomputed once before the first update."
+    )
+    mini_batches: PositiveInt = Field(
+        1, description="Optimizer steps per pass: the rollout batch splits into this many mini-batches (rows, in "
+        "order, as verl's default shuffle=False), each normalised by its own token/sequence counts. verl sets the "
+        "size instead (ppo_mini_batch_size); TRL steps_per_generation."
+    )
+    clip_low: float = Field(0.2, ge=0.0, description="PPO clip ε_low: ratio ≥ 1-ε_low (GSPO paper: 3e-4).")
+    clip_high: float = Field(0.2, ge=0.0, description="PPO clip ε_high: ratio ≤ 1+ε_high (DAPO: 0.28; GSPO: 4e-4).")
+    dual_clip_c: float | None = Field(None, gt=1.0, description="Dual-clip bound c for A<0, ppo_clip only (verl: "
+                                      "3.0; TRL has none).")
+    kl_coef: float = Field(0.0, ge=0.0, description="β of the KL to the reference (the initial β with the adaptive "
+                           "controller); the reference model loads only if > 0. verl: kl_loss_coef / kl_ctrl.kl_coef; "
+                           "TRL GRPO: beta.")
+    kl_estimator: KLEstimator = Field(
+        "k3", description="k1 = log π/π_ref, k2 = ½(log-ratio)², k3 = e^-x+x-1 (verl low_var_kl), abs; a '+' suffix "
+        "keeps the value but takes k2's gradient (straight-through, loss placement only). TRL GRPO: k3 only."
+    )
+    kl_placement: Literal["loss", "reward"] = Field(
+        "loss", description="loss: β·agg(kl_t) added to the loss (verl use_kl_loss; TRL GRPO). reward: r_t − β·kl_t "
+        "of the rollout policy, before the estimator; outcome estimators get r − β·Σ_t kl_t (verl use_kl_in_reward, "
+        "OpenRLHF's default; TRL RLOO)."
+    )
+    kl_controller: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="fixed β, or adaptive toward kl_target (Ziegler et al. 1909.08593; verl kl_ctrl.type)."
+    )
+    kl_target: PositiveFloat | None = Field(None, description="Adaptive controller: target rollout KL (per-token "
+                                            "mean per sequence, averaged; verl kl_ctrl.target_kl, e.g. 0.1).")
+    kl_horizon: PositiveInt = Field(10_000, description="Adaptive controller horizon in samples (verl 10000).")
+    loss_agg: LossAgg = Field("token-mean", description="How per-token losses reduce to a scalar (verl "
+                              "loss_agg_mode; TRL loss_type: dapo/bnpo = token-mean, grpo = seq-mean-token-mean, "
+                              "dr_grpo = seq-mean-token-sum-norm).")
     loss_scale_constant: PositiveInt | None = Field(
         None, description="L for seq-mean-token-sum-norm (Σ/(N·L)); default rollout.max_new_tokens."
     )
     entropy_coef: float = Field(0.0, description="Entropy bonus coefficient (0 = entropy only logged).")
+    dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
+    mask_truncated: bool = Field(False, description="Overlong filtering (DAPO): completions that hit "
+                                 "max_new_tokens without EOS get no loss (TRL mask_truncated_completions).")
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer steps per rollout batch: ppo_epochs × mini_batches (1 = on-policy)."""
+        return self.ppo_epochs * self.mini_batches
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "AlgoConfig":
+        if self.policy_loss == "gspo":
+            if self.loss_agg != "seq-mean-token-mean":
+                raise ValueError("algo.policy_loss=gspo is a sequence-level objective: set algo.loss_agg: "
+                                 f"seq-mean-token-mean (verl forces it; got {self.loss_agg})")
+            if self.dual_clip_c is not None:
+                raise ValueError("algo.dual_clip_c applies to policy_loss=ppo_clip only; remove it for gspo")
+            if self.updates_per_step == 1:
+                warnings.warn("algo.policy_loss=gspo with ppo_epochs=1 and mini_batches=1 is on-policy: the sequence "
+                              "ratio is 1, so the update equals ppo_clip with seq-mean-token-mean. GSPO differs only "
+                              "off-policy (the paper takes 4 mini-batches per rollout: algo.mini_batches: 4)",
+                              stacklevel=2)
+        if self.kl_controller == "adaptive":
+            if self.kl_target is None:
+                raise ValueError("algo.kl_controller=adaptive needs algo.kl_target (the rollout KL to steer toward, "
+                                 "e.g. 0.1)")
+            if self.kl_coef <= 0:
+                raise ValueError("algo.kl_controller=adaptive scales β multiplicatively from algo.kl_coef: set "
+                                 "kl_coef > 0 (e.g. 0.001)")
+        elif self.kl_target is not None:
+            raise ValueError("algo.kl_target is only used by kl_controller: adaptive; set that, or remove kl_target")
+        if self.kl_placement == "reward" and self.kl_estimator.endswith("+"):
+            raise ValueError(f"algo.kl_estimator={self.kl_estimator}: a '+' variant only changes the gradient, and "
+                             f"with kl_placement=reward the KL is a detached reward; use {self.kl_estimator[:-1]}")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------- train
 class TrainConfig(Section):
     lr: PositiveFloat = 1e-6
     scheduler: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="LR warmup in optimizer steps (ppo_epochs × mini_batches "
+                              "of them per RL step).")
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     micro_batch_size: PositiveInt = Field(64, description="Completions per forward/backward (gradient accumulation).")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Clip the global gradient norm (None = off).")
+    max_skipped_steps: PositiveInt = Field(
+        5, description="Steps with a non-finite loss/gradient are skipped (weights untouched); this many in a row "
+        "stop the run, leaving the last good checkpoint intact."
+    )
+
+
+class CriticConfig(Section):
+    """PPO's value model (a transformers backbone + a linear value head) with its own optimizer. Used by
+    algo.advantage=gae, which requires it. verl: `critic.*`, `trainer.critic_warmup`; TRL: PPOTrainer's
+    value_model (experimental)."""
+
+    path: str | None = Field(None, description="Model folder for the backbone; default (with `tiny` unset) the "
+                             "policy's starting model: the SFT output if the recipe has `sft:`, else model.path/tiny.")
+    tiny: TinyModelConfig | None = Field(None, description="Build a random-init tiny backbone instead.")
+    lr: PositiveFloat = Field(1e-5, description="Critic learning rate (verl critic.optim.lr 1e-5).")
+    vf_coef: PositiveFloat = Field(1.0, description="Scale of the value loss. The critic is a separate model with "
+                                   "its own AdamW, so this mostly interacts with max_grad_norm (TRL's vf_coef=0.1 "
+                                   "weighs it against a shared-backbone policy loss).")
+    value_clip: PositiveFloat | None = Field(0.5, description="Clip V around the rollout-time value: V_old ± c "
+                                             "(verl cliprange_value 0.5; TRL 0.2). None = off.")
+    warmup_steps: int = Field(0, ge=0, description="First k steps update only the critic; the policy stays fixed "
+                              "(verl trainer.critic_warmup). They count toward run.steps.")
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="Clip the critic's gradient norm (None = off).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CriticConfig":
+        if self.path is not None and self.tiny is not None:
+            raise ValueError("set at most one of critic.path or critic.tiny (neither = the policy's starting model)")
+        return self
 
 
 class SFTConfig(Section):
@@ -196,6 +322,7 @@ class Recipe(Section):
     rollout: RolloutConfig = RolloutConfig()
     algo: AlgoConfig = AlgoConfig()
     train: TrainConfig = TrainConfig()
+    critic: CriticConfig | None = None
     rewards: list[RewardSpec] = Field(..., min_length=1)
     modifiers: list[ModifierSpec] = Field(default_factory=list)
     logging: LoggingConfig = LoggingConfig()
@@ -209,6 +336,24 @@ class Recipe(Section):
                 f"train.micro_batch_size={self.train.micro_batch_size} must divide the rollout batch "
                 f"(prompts_per_step × samples_per_prompt = {n}); try {_divisor_near(n, self.train.micro_batch_size)}"
             )
+        a, mini = self.algo, self.algo.mini_batches
+        if n % mini:
+            raise ValueError(f"algo.mini_batches={mini} must divide the rollout batch (prompts_per_step × "
+                             f"samples_per_prompt = {n}); try {_divisor_near(n, mini)}")
+        if (n // mini) % self.train.micro_batch_size and self.train.micro_batch_size < n // mini:
+            raise ValueError(f"train.micro_batch_size={self.train.micro_batch_size} must divide each mini-batch "
+                             f"({n} rows / algo.mini_batches={mini} = {n // mini}); try "
+                             f"{_divisor_near(n // mini, self.train.micro_batch_size)}")
+        if a.advantage == "gae" and self.critic is None:
+            raise ValueError("algo.advantage=gae needs a value model: add a `critic:` section (e.g. `critic: {lr: "
+                             "1.0e-5}`; it starts from the policy's model) or pick a critic-free estimator ("
+                             f"{', '.join(CRITIC_FREE)})")
+        if self.critic is not None and a.advantage != "gae":
+            raise ValueError(f"a `critic:` section is only used by algo.advantage=gae (got {a.advantage}); remove it "
+                             "or set algo.advantage: gae")
+        if a.dynamic_sampling.enabled and self.rollout.samples_per_prompt < 2:
+            raise ValueError("algo.dynamic_sampling needs rollout.samples_per_prompt ≥ 2: a group of one sample "
+                             "always has a constant reward")
         names = [m.key for m in self.modifiers]
         dup = {k for k in names if names.count(k) > 1}
         if dup:
@@ -221,8 +366,8 @@ class Recipe(Section):
 
     @property
     def micro_batches(self) -> int:
-        """Gradient-accumulation micro-batches per optimizer step."""
-        return max(1, self.rollout.batch_size // self.train.micro_batch_size)
+        """Gradient-accumulation micro-batches per optimizer step (one step per algo.mini_batches part)."""
+        return max(1, self.rollout.batch_size // self.algo.mini_batches // self.train.micro_batch_size)
 
     @property
     def loss_scale_constant(self) -> int:

@@ -40,7 +40,12 @@ def load_rows(cfg: DataConfig, split: str, source: str | None = None, base_dir: 
         if path.suffix in FILE_TYPES:
             if not path.is_file():
                 raise DataError(f"data file not found: {path} (paths are relative to the working directory)")
-            ds = datasets.load_dataset(FILE_TYPES[path.suffix], data_files=str(path), split="train")
+            if path.stat().st_size == 0:
+                raise DataError(f"dataset {path} is empty (0 bytes); give a file with one row per prompt")
+            try:
+                ds = datasets.load_dataset(FILE_TYPES[path.suffix], data_files=str(path), split="train")
+            except Exception as e:  # noqa: BLE001 - datasets raises many types for unreadable files
+                raise DataError(f"could not read {path} as {FILE_TYPES[path.suffix]}: {type(e).__name__}: {e}") from None
         else:
             try:
                 ds = datasets.load_dataset(source, split=split)
