@@ -3,7 +3,7 @@
 A spec is one of
   * an entry-point name in the group `rltune.<group>` (`exact_match`, `redit`; `rltune plugins` lists them),
   * a dotted path `pkg.mod:Attr` (or `pkg.mod.Attr`),
-  * a file path `path/to/file.py:Attr`, relative to `base_dir` (the recipe's folder), then to the cwd.
+  * a file path `path/to/file.py:Attr`, relative to `base_dir` (the trainer passes the working directory), then to the cwd.
 
 Every process builds its own instances from the spec (ARCHITECTURE rule 4); `bind_args` checks constructor
 arguments against the signature without building anything, like torchtune's `_validate`.

@@ -121,7 +121,8 @@ class Trainer:
         last: dict[str, Any] = {}
         with self._signals():
             if self.step == 0 and self.eval_rows is not None:
-                last = self.evaluate()
+                with self.watchdog.watch("eval"):
+                    last = self.evaluate()
                 self.logger.log(0, last)
             while self.step < r.run.steps and self._stop_signal is None:
                 last = self.train_step()
@@ -130,7 +131,8 @@ class Trainer:
                 if self.eval_rows is not None and (
                     (r.run.eval_interval and self.step % r.run.eval_interval == 0) or self.step == r.run.steps
                 ):
-                    last |= self.evaluate()
+                    with self.watchdog.watch("eval"):
+                        last |= self.evaluate()
                     self._track_best(last)
                 self.logger.log(self.step, last, samples=self._last_samples)
                 if self.step % r.run.log_interval == 0 or self.step == r.run.steps:
@@ -455,8 +457,9 @@ class Trainer:
         np.random.set_state(sd["rng"]["numpy"])
 
     def save_checkpoint(self) -> Path:
-        return ckpt.save_checkpoint(self.ckpt_root, self.step, self.model.save_pretrained, self.state_dict(),
-                                    self.recipe.run.keep_last)
+        with self.watchdog.watch("checkpoint"):
+            return ckpt.save_checkpoint(self.ckpt_root, self.step, self.model.save_pretrained, self.state_dict(),
+                                        self.recipe.run.keep_last)
 
     def export(self, out: Path) -> None:
         """A servable Hugging Face folder: LoRA adapters are merged into a copy of the base."""

@@ -277,7 +277,7 @@ class RewardSpec(Section):
     use: str = Field(..., description="Entry point name, `pkg.mod:Attr` or `path/file.py:Attr`.")
     name: str | None = Field(None, description="Metric name (reward/<name>); defaults to the `use` tail.")
     weight: float = 1.0
-    args: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments (classes only).")
+    args: dict[str, Any] = Field(default_factory=dict, description="Arguments: passed to a class's constructor, or bound to a function (functools.partial).")
     style: Literal["auto", "native", "trl", "verl"] = Field(
         "auto", description="Calling convention; `auto` detects it from the signature."
     )

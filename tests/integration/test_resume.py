@@ -99,3 +99,11 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path):
     r = subprocess.run([sys.executable, "-m", "rltune.cli", "train", str(recipe), "--resume"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "no valid checkpoint" in r.stderr
+
+
+def test_resume_applies_the_recipes_learning_rate(tiny_recipe):
+    """After a divergence the fix is a lower lr and `--resume`: the recipe's lr wins over the checkpoint's."""
+    Trainer(tiny_recipe(run={"steps": 1})).fit()
+    t = Trainer(tiny_recipe(run={"steps": 2}, train={"lr": 1e-5}), resume=True)
+    assert t.engine.lr == 1e-5
+    assert all(g["lr"] == 1e-5 for g in t.engine.optimizer.param_groups)
