@@ -261,6 +261,10 @@ def _print_summary(trainer, recipe: Path) -> None:
     if steps:
         out.print(f"median s/step {sorted(steps)[len(steps) // 2]:.3f}; model: {trainer.run_dir / 'final'}; "
                   f"metrics: {trainer.run_dir / 'metrics.jsonl'}", highlight=False, soft_wrap=True)
+    if trainer.best is not None:
+        out.print(f"best held-out accuracy {trainer.best[0]:.3f} at step {trainer.best[1]}", highlight=False)
+    out.print(f"report: rltune report {trainer.run_dir}   (then open {trainer.run_dir / 'report' / 'index.html'})",
+              highlight=False, soft_wrap=True)
 
 
 def main() -> None:
