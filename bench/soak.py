@@ -1,7 +1,7 @@
 """Soak: a tiny recipe run under random SIGTERM + `--resume` cycles must end with the metrics of an
 uninterrupted run (same seed). Writes bench/results/soak.json.
 
-    python bench/soak.py --minutes 5 --steps 120
+    python bench/soak.py --minutes 8 --steps 600
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def metrics(run_dir: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=5.0)
-    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--out", default=str(ROOT / "bench/results/soak.json"))
     args = ap.parse_args()
     work = ROOT / "bench/results/tmp/soak"
@@ -63,7 +63,7 @@ def main() -> None:
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         first, resumes = False, resumes + (not first)
         try:
-            rc = p.wait(timeout=rng.uniform(8, 25)) if time.time() < deadline else p.wait()
+            rc = p.wait(timeout=rng.uniform(5, 15)) if time.time() < deadline else p.wait()
         except subprocess.TimeoutExpired:
             p.send_signal(signal.SIGTERM)
             rc = p.wait()
