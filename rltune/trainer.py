@@ -97,7 +97,14 @@ class Trainer:
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, self.tok, r.run.seed)
         self.eval_rows = self._load_eval_rows()
-        self.rollout = HFEngine(self.model, self.tok, r.data.max_prompt_tokens)
+        if r.cluster.rollout_workers:
+            from rltune.rollout.pool import RolloutPool
+
+            c = r.cluster
+            self.rollout = RolloutPool(r.model, start, c.rollout_workers, r.run.seed, r.data.max_prompt_tokens,
+                                       self.tok.pad_token_id, c.address, c.cpus_per_worker, c.threads_per_worker)
+        else:
+            self.rollout = HFEngine(self.model, self.tok, r.data.max_prompt_tokens)
         self.engine = TorchEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
         # PPO's value model (algo.advantage=gae) starts from the policy's starting model unless critic.path/tiny.
         self.critic = Critic(r.critic, r.model, start, r.run.seed, r.train.micro_batch_size) if r.critic else None
@@ -106,6 +113,8 @@ class Trainer:
         self.best: tuple[float, int] | None = None
         if resume_from is not None:
             self._load_state(ckpt.load_state(resume_from))
+        if r.cluster.rollout_workers:  # workers start from the same weights as the policy, at its version
+            self.rollout.sync(self.model, self.rollout.weight_version)
         self._stop_signal: str | None = None
         self._last_samples: list[dict[str, Any]] = []
         self._skipped_in_a_row = 0
@@ -148,6 +157,7 @@ class Trainer:
                 self.export(self.run_dir / "final")
         self.logger.close()
         self.watchdog.close()
+        self.rollout.shutdown()
         return last
 
     def _check_diverged(self, metrics: dict[str, Any]) -> None:
@@ -262,9 +272,9 @@ class Trainer:
             stats["algo/kl_coef"] = self.kl_ctl.coef
             self.kl_ctl.update(stats["algo/kl_rollout"], len(batch))
 
-        # -- sync: the in-process engine shares the policy's weights; only the version moves
+        # -- sync: push the new weights to the rollout workers (in-process: shared weights, version only)
         with self._phase(timers, "time/sync"):
-            self.rollout.weight_version += 1
+            self.rollout.sync(self.model, self.rollout.weight_version + 1)
 
         metrics = self._step_metrics(batch, result, raw, rewards, advantages, stats, timers)
         metrics["time/step"] = time.perf_counter() - t_step

@@ -315,6 +315,15 @@ class LoggingConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------------- recipe
+class ClusterConfig(Section):
+    """Where rollout runs. rollout_workers = 0 keeps the in-process engine (one process, shared weights)."""
+
+    address: str | None = Field(None, description="Ray address: None starts a local Ray, `auto` joins a running cluster.")
+    rollout_workers: int = Field(0, ge=0, description="Ray actors sampling completions (prompts are sharded).")
+    cpus_per_worker: PositiveFloat = Field(1.0, description="Ray CPUs reserved per rollout worker.")
+    threads_per_worker: PositiveInt = Field(1, description="torch threads inside each rollout worker.")
+
+
 class Recipe(Section):
     run: RunConfig = RunConfig()
     model: ModelConfig
@@ -327,6 +336,7 @@ class Recipe(Section):
     modifiers: list[ModifierSpec] = Field(default_factory=list)
     logging: LoggingConfig = LoggingConfig()
     sft: SFTConfig | None = None
+    cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Recipe":

@@ -35,6 +35,13 @@ class HFEngine:
         self.model, self.tok, self.max_prompt_tokens = model, tokenizer, max_prompt_tokens
         self.weight_version = 0
 
+    def sync(self, model, version: int) -> None:
+        """The in-process engine shares the trainer's model: only the version moves."""
+        self.weight_version = version
+
+    def shutdown(self) -> None:
+        return None
+
     def _encode(self, texts: list[str]) -> list[list[int]]:
         # Special tokens off: prompts are already templated text (a chat template adds its own).
         return self.tok(texts, add_special_tokens=False)["input_ids"] if texts else []
