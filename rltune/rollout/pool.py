@@ -94,6 +94,12 @@ class RolloutPool:
                 log.warning("rollout worker %d died (%s); restarting it and retrying its shard", k, type(e).__name__)
                 self.restarts += 1
                 out[k] = self._retry(w, shard, p)
+            if out[k].weight_version != self.weight_version:
+                # A worker restarted between calls comes back with its start weights: re-sync, sample again.
+                log.warning("rollout worker %d had weights v%d, expected v%d; re-syncing", k, out[k].weight_version,
+                            self.weight_version)
+                self.restarts += 1
+                out[k] = self._retry(w, shard, p)
         batch = concat_batches([out[k] for k in sorted(out)], self.pad_id)
         return dataclasses.replace(batch, weight_version=self.weight_version)
 
