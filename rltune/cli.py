@@ -243,8 +243,10 @@ def _print_plan(r, trainer) -> None:
     n_params = sum(p.numel() for p in trainer.model.parameters())
     n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     err.print(f"[bold]rltune[/] {r.run.name}: {_plan_line(r)}")
-    err.print(f"  model {n_params / 1e6:.2f}M params ({n_train / 1e6:.2f}M trained), in-process rollout + torch "
-              f"engine, run dir {trainer.run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
+    where = (f"rollout in {r.cluster.rollout_workers} Ray workers" if r.cluster.rollout_workers
+             else "in-process rollout")
+    err.print(f"  model {n_params / 1e6:.2f}M params ({n_train / 1e6:.2f}M trained), {where} + torch engine in "
+              f"this process, run dir {trainer.run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
 
 
 def _print_summary(trainer, recipe: Path) -> None:
