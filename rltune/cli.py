@@ -67,9 +67,9 @@ def train(
     """Run RL post-training from a recipe."""
     try:
         r = _load(recipe, overrides or [])
-        from rltune.trainer import Trainer
+        from rltune.trainer import build_trainer
 
-        trainer = Trainer(r, resume=resume, overwrite=overwrite)
+        trainer = build_trainer(r, resume=resume, overwrite=overwrite)
         _print_plan(r, trainer)
         trainer.fit()
     except _user_errors() as e:

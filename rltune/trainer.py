@@ -534,9 +534,22 @@ class _EvalRows:
         return {"prompts": self.prompts[s], "meta": {k: v[s] for k, v in self.meta.items()}}
 
 
+def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
+    """The trainer of the recipe's policy family (model.kind): text LMs here, visual policies in rltune/visual/.
+    Every trainer has fit(), step, run_dir, model, best and stopped_by."""
+    kind = recipe.model.kind
+    if kind == "var":
+        from rltune.visual.var_trainer import VarTrainer as cls
+    elif kind == "diffusion":
+        from rltune.visual.diffusion_trainer import DiffusionTrainer as cls
+    else:
+        cls = Trainer
+    return cls(recipe, base_dir, resume=resume, overwrite=overwrite)
+
+
 def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False) -> dict:
     """Python API: run a recipe to the end; returns the last step's metrics."""
-    return Trainer(recipe, base_dir, resume=resume, overwrite=overwrite).fit()
+    return build_trainer(recipe, base_dir, resume=resume, overwrite=overwrite).fit()
 
 
 def _reward_input(batch: RolloutBatch, step: int) -> RewardInput:

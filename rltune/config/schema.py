@@ -56,6 +56,9 @@ class LoraConfig(Section):
 
 
 class ModelConfig(Section):
+    kind: Literal["causal_lm", "var", "diffusion"] = Field(
+        "causal_lm", description="Policy family: a text causal LM, a visual autoregressive (next-scale) model, or a "
+        "diffusion model. Each family has its own one-file trainer (rltune/trainer.py, rltune/visual/).")
     path: str | None = Field(None, description="Local folder of a transformers causal LM (or a hub id online).")
     tiny: TinyModelConfig | None = Field(None, description="Build a random-init tiny model instead of `path`.")
     tokenizer: str = Field("char", description="`char` (built-in offline character tokenizer) or a folder.")
@@ -65,7 +68,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":
-        if (self.path is None) == (self.tiny is None):
+        if self.kind == "causal_lm" and (self.path is None) == (self.tiny is None):
             raise ValueError("set exactly one of model.path (a local model folder) or model.tiny (a config)")
         return self
 
