@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 import random
 import shutil
@@ -36,7 +35,6 @@ from rltune.logging import MetricLogger
 from rltune.models.policy import load_policy
 from rltune.modifiers.base import (
     AdvantageContext,
-    GradView,
     LossContext,
     PromptContext,
     RewardContext,
@@ -51,6 +49,7 @@ from rltune.rollout.hf_engine import HFEngine
 from rltune.train import checkpoint as ckpt
 from rltune.train.critic import Critic
 from rltune.train.torch_engine import TorchEngine, response_logprobs
+from rltune.train.update import UpdateInputs, UpdateSpec
 from rltune.watchdog import Watchdog
 
 
@@ -97,15 +96,31 @@ class Trainer:
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, self.tok, r.run.seed)
         self.eval_rows = self._load_eval_rows()
-        if r.cluster.rollout_workers:
+        c = r.cluster
+        if c.rollout_workers or c.train_ranks:
+            from rltune.cluster import ensure_ray
+
+            ensure_ray(c)
+        total = r.run.steps * r.algo.updates_per_step
+        if c.train_ranks:  # DeepSpeed ZeRO ranks in Ray actors; this process keeps a synced copy for rollout/eval
+            from rltune.train.worker import TrainGroup
+
+            self.engine = TrainGroup(r, start, total, base_dir=self.base_dir)
+        else:
+            self.engine = TorchEngine(self.model, r.train, total)
+        if c.rollout_workers:
             from rltune.rollout.pool import RolloutPool
 
-            c = r.cluster
+            pg = self.engine.pg if c.train_ranks and c.placement == "colocated" else None
             self.rollout = RolloutPool(r.model, start, c.rollout_workers, r.run.seed, r.data.max_prompt_tokens,
-                                       self.tok.pad_token_id, c.address, c.cpus_per_worker, c.threads_per_worker)
+                                       self.tok.pad_token_id, c.address, c.cpus_per_worker, c.threads_per_worker,
+                                       c.gpus_per_worker, placement_group=pg, env=r.env)
         else:
             self.rollout = HFEngine(self.model, self.tok, r.data.max_prompt_tokens)
-        self.engine = TorchEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
+            if r.env is not None:  # multi-turn agent episodes (docs/agents.md)
+                from rltune.rollout.multiturn import MultiTurnEngine
+
+                self.rollout = MultiTurnEngine(self.rollout, r.env, base_dir=self.base_dir)
         # PPO's value model (algo.advantage=gae) starts from the policy's starting model unless critic.path/tiny.
         self.critic = Critic(r.critic, r.model, start, r.run.seed, r.train.micro_batch_size) if r.critic else None
         self.kl_ctl = algo.KLController(r.algo.kl_coef, r.algo.kl_target, r.algo.kl_horizon)
@@ -113,7 +128,9 @@ class Trainer:
         self.best: tuple[float, int] | None = None
         if resume_from is not None:
             self._load_state(ckpt.load_state(resume_from))
-        if r.cluster.rollout_workers:  # workers start from the same weights as the policy, at its version
+        if c.train_ranks and resume_from is not None:  # sharded optimizer state, scheduler and weights
+            self.engine.load(resume_from / "deepspeed")
+        if c.rollout_workers:  # workers start from the same weights as the policy, at its version
             self.rollout.sync(self.model, self.rollout.weight_version)
         self._stop_signal: str | None = None
         self._last_samples: list[dict[str, Any]] = []
@@ -158,6 +175,8 @@ class Trainer:
         self.logger.close()
         self.watchdog.close()
         self.rollout.shutdown()
+        if hasattr(self.engine, "shutdown"):
+            self.engine.shutdown()
         return last
 
     def _check_diverged(self, metrics: dict[str, Any]) -> None:
@@ -265,86 +284,29 @@ class Trainer:
                 stats |= self.critic.update(batch, plan, values, returns, loss_mask)
         if self.critic is None or self.step >= r.critic.warmup_steps:
             with self._phase(timers, "time/update"):
-                stats |= self._update(batch, advantages, loss_mask, tw.weight, old_logprobs, entropy, ref_logprobs,
-                                      plan, state)
+                x = UpdateInputs(batch.input_ids, batch.attention_mask, advantages, loss_mask, batch.rollout_logprobs,
+                                 tw.weight, old_logprobs, entropy, ref_logprobs, dict(batch.extras))
+                kl_coef = self.kl_ctl.coef if a.kl_placement == "loss" else 0.0
+                stats |= self.engine.update(x, plan, UpdateSpec.from_recipe(r, kl_coef), state, self.mods)
         if kl_tok is not None:  # the rollout policy's KL to the reference drives the adaptive controller
             stats["algo/kl_rollout"] = float(masked_mean(kl_tok, mask, dim=-1).mean())
             stats["algo/kl_coef"] = self.kl_ctl.coef
             self.kl_ctl.update(stats["algo/kl_rollout"], len(batch))
 
-        # -- sync: push the new weights to the rollout workers (in-process: shared weights, version only)
+        # -- sync: the training ranks' new weights (gathered from ZeRO-3 partitions; the adapter only with LoRA) go
+        #    to this process's copy and the rollout workers (in-process: shared weights, version only)
         with self._phase(timers, "time/sync"):
-            self.rollout.sync(self.model, self.rollout.weight_version + 1)
+            ref = None
+            if r.cluster.train_ranks:
+                ref = self.engine.weights_ref()
+                _load_weights(self.model, ref)
+            self.rollout.sync(self.model, self.rollout.weight_version + 1, weights_ref=ref)
 
         metrics = self._step_metrics(batch, result, raw, rewards, advantages, stats, timers)
         metrics["time/step"] = time.perf_counter() - t_step
         metrics |= self.mods.on_step_end(metrics, state)
         self._last_samples = _samples(batch, raw)
         return metrics
-
-    def _update(self, batch, advantages, loss_mask, weight, old_logprobs, entropy, ref_logprobs, plan, state):
-        """One optimizer step per mini-batch of row indices in `plan`; micro-batches accumulate gradients, and
-        each mini-batch is normalised by its own global token/sequence counts. Metrics: means over the steps."""
-        r, a = self.recipe, self.recipe.algo
-        T = batch.response_ids.shape[1]
-        input_ids, attn = batch.input_ids, batch.attention_mask
-        acc: dict[str, float] = defaultdict(float)
-        kl_coef = self.kl_ctl.coef if a.kl_placement == "loss" else 0.0
-        for mini in plan:
-            denom = algo.global_denominators(loss_mask[mini], a.loss_agg)
-            agg = functools.partial(algo.aggregate, mode=a.loss_agg, **denom, scale_constant=r.loss_scale_constant)
-            step_loss = 0.0
-            for rows in mini.split(r.train.micro_batch_size):
-                # Entropy carries grad only when it is part of the loss; otherwise it is a detached metric.
-                lp, ent = self.engine.forward(input_ids[rows], attn[rows], T, r.rollout.temperature, entropy=True,
-                                              entropy_grad=bool(a.entropy_coef))
-                # On-policy single update: the old policy is the current one, so ratio = 1 with the right
-                # gradient and no extra forward (as TRL does for num_iterations=1).
-                old = lp.detach() if old_logprobs is None else old_logprobs[rows]
-                m = loss_mask[rows]
-                pg, clipped = algo.policy_loss(a.policy_loss, lp, old, advantages[rows], m, clip_low=a.clip_low,
-                                               clip_high=a.clip_high, dual_clip_c=a.dual_clip_c)
-                if weight is not None:
-                    pg = pg * weight[rows]
-                loss = agg(pg, m)
-                acc["loss/policy"] += float(loss.detach())
-                if kl_coef > 0:
-                    kl_loss = agg(algo.kl_penalty(lp, ref_logprobs[rows], a.kl_estimator), m)
-                    loss = loss + kl_coef * kl_loss
-                    acc["algo/kl"] += float(kl_loss.detach())
-                if a.entropy_coef:
-                    loss = loss - a.entropy_coef * agg(ent, m)
-                ctx = LossContext(rows, lp, old, advantages[rows], m, state,
-                                  entropy[rows] if entropy is not None else None,
-                                  {k: v[rows] for k, v in batch.extras.items()}, total_rows=len(mini))
-                for name, term in self.mods.extra_loss(ctx).items():
-                    loss = loss + term
-                    acc[f"loss/{name}"] += float(term.detach())
-                self.engine.backward(loss)
-                step_loss += float(loss.detach())
-                if m.any():
-                    share = float(m.sum()) / max(1.0, denom["num_tokens"])
-                    lpd = lp.detach()
-                    acc["algo/clip_frac"] += float(masked_mean(clipped.float(), m)) * share
-                    acc["algo/entropy"] += float(masked_mean(ent.detach(), m)) * share
-                    acc["algo/ppo_kl"] += float(masked_mean(old - lpd, m)) * share  # drift from the old policy
-                    acc["rollout/logprob_diff"] += float(masked_mean((lpd - batch.rollout_logprobs[rows]).abs(), m)) \
-                        * share
-            acc["loss/total"] += step_loss
-            self.mods.on_gradients(GradView(self.engine.named_parameters()), state)
-            if not (np.isfinite(step_loss) and self.engine.grads_finite()):
-                self.engine.skip_step()
-                acc["train/skipped_step"] += 1.0
-                continue
-            acc["train/grad_norm"] += self.engine.step()
-            acc["train/optimizer_steps"] += 1.0
-        steps = acc.get("train/optimizer_steps", 0.0)
-        out = {k: v / len(plan) for k, v in acc.items() if k not in ("train/skipped_step", "train/optimizer_steps")}
-        out |= {k: acc[k] for k in ("train/skipped_step", "train/optimizer_steps") if k in acc}
-        if steps:
-            out["train/grad_norm"] = acc["train/grad_norm"] / steps
-            out["train/lr"] = self.engine.lr
-        return out
 
     def _probe(self, prompts, n: int) -> torch.Tensor:
         """Raw rewards [B,n] of n hint-free samples per prompt from the current policy (no training use)."""
@@ -468,8 +430,13 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         with self.watchdog.watch("checkpoint"):
-            return ckpt.save_checkpoint(self.ckpt_root, self.step, self.model.save_pretrained, self.state_dict(),
+            return ckpt.save_checkpoint(self.ckpt_root, self.step, self._save_model, self.state_dict(),
                                         self.recipe.run.keep_last)
+
+    def _save_model(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+        if self.recipe.cluster.train_ranks:  # the ranks write their shards next to it (a shared filesystem)
+            self.engine.save(path.parent / "deepspeed")
 
     def export(self, out: Path) -> None:
         """A servable Hugging Face folder: LoRA adapters are merged into a copy of the base."""
@@ -550,6 +517,19 @@ def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = Fal
 def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False) -> dict:
     """Python API: run a recipe to the end; returns the last step's metrics."""
     return build_trainer(recipe, base_dir, resume=resume, overwrite=overwrite).fit()
+
+
+def _load_weights(model: torch.nn.Module, ref) -> None:
+    """Load weights from Ray's object store into the driver's copy (the adapter's tensors for a PEFT model)."""
+    import ray
+
+    state = ray.get(ref)
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+    else:
+        model.load_state_dict(state, strict=False)
 
 
 def _reward_input(batch: RolloutBatch, step: int) -> RewardInput:

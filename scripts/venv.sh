@@ -15,6 +15,9 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==${TORCH_VERSION}"
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,diffusion]"
+# DeepSpeed compiles nothing at install with DS_BUILD_OPS=0 (its CPU paths need no custom ops), and
+# --no-build-isolation keeps its build from fetching a second torch.
+DS_BUILD_OPS=0 python -m pip install -q --no-build-isolation "deepspeed==0.19.8"
 echo "$want" > "$stamp"
 echo "venv ready: $(python -c 'import torch, transformers, trl; print("torch", torch.__version__, "| transformers", transformers.__version__, "| trl", trl.__version__)')"

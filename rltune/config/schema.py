@@ -55,6 +55,75 @@ class LoraConfig(Section):
     target_modules: list[str] | str = Field("all-linear", description="PEFT target_modules.")
 
 
+class TinyDenoiserConfig(Section):
+    """A random-init tiny diffusers UNet (spec visual_modifiers.md §5 fixture), optionally pre-trained in-process on
+    synthetic images (flat colour + coloured square) and cached by config hash under $RLTUNE_CACHE."""
+
+    sample_size: PositiveInt = Field(16, description="Image side in pixels (pixel-space model, 3 channels).")
+    block_out_channels: list[PositiveInt] = Field([16, 32], description="UNet widths per resolution level.")
+    conditional: bool = Field(False, description="UNet2DConditionModel + a frozen byte-level text encoder (prompts "
+                              "condition the model, CFG applies); false = unconditional UNet2DModel.")
+    cross_attention_dim: PositiveInt = 32
+    pretrain_steps: int = Field(400, ge=0, description="Synthetic pre-training steps (spec §2.5: 400 ≈ 25 s on "
+                                "2 cores); 0 = random init.")
+    pretrain_batch: PositiveInt = 32
+    pretrain_lr: PositiveFloat = 2e-3
+
+
+class DiffusionModelConfig(Section):
+    """Diffusion policy (model.kind: diffusion): a tiny UNet or a local diffusers folder in model.path (SD-1.5
+    layout); model.lora, model.gradient_checkpointing and model.dtype apply to the denoiser."""
+
+    tiny: TinyDenoiserConfig | None = Field(None, description="Build a tiny UNet instead of loading model.path.")
+    scheduler: Literal["ddim", "flow"] = Field(
+        "ddim", description="ddim: ε-prediction, DDIM sampling; flow: velocity prediction (rectified flow), Euler ODE.")
+    num_steps: PositiveInt = Field(50, description="Denoising steps T of a rollout (AlignProp: 50).")
+    eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM stochasticity of training rollouts (AlignProp: 1.0); "
+                       "evaluation always samples with eta 0 (deterministic).")
+    guidance_scale: float = Field(1.0, ge=1.0, description="Classifier-free guidance scale (1 = off; AlignProp: "
+                                  "5.0). Needs a conditional model.")
+    negative_prompt: str = Field("", description="Unconditional prompt of CFG.")
+    flow_shift: PositiveFloat = Field(3.0, description="flow: σ grid shift s = shift·u/(1+(shift−1)u) (SRPO: 3).")
+    resolution: PositiveInt | None = Field(None, description="Image side for model.path (None = the UNet's "
+                                           "sample_size × the VAE factor, 512 for SD 1.5).")
+
+
+class TinyVarConfig(Section):
+    """A random-init VAR-like toy (rltune/models/var.py:TinyVAR) for CPU tests and demos."""
+
+    scales: list[int] = Field([1, 2, 4, 8], description="Side of each square token map, coarse to fine.")
+    vocab_size: PositiveInt = Field(8, description="Codebook entries (the frozen random codebook).")
+    channels: PositiveInt = 3
+    hidden_size: PositiveInt = 32
+    num_classes: PositiveInt = Field(4, description="Class conditions (class `num_classes` is the null class of CFG).")
+    patch: PositiveInt = Field(4, description="Decoded pixels per finest-scale token (image side = patch × last scale).")
+    codebook_seed: int = 0
+
+
+class VarModelConfig(Section):
+    """A visual autoregressive (next-scale) policy: the tiny toy or an official VAR checkpoint folder."""
+
+    tiny: TinyVarConfig | None = Field(None, description="Build the random-init toy instead of loading `path`.")
+    path: str | None = Field(None, description="Local folder with the VAR repository code (models/) and its "
+                             "vae_ch160v4096z32.pth and var_d{depth}.pth (nothing is downloaded).")
+    depth: PositiveInt = Field(16, description="VAR depth of the checkpoint in `path` (16, 20, 24, 30).")
+    scales: list[int] = Field([1, 2, 3, 4, 5, 6, 8, 10, 13, 16], description="Patch numbers of the checkpoint "
+                              "in `path` (VAR's default 256px schedule).")
+    num_classes: PositiveInt = Field(1000, description="Classes of the checkpoint in `path` (ImageNet: 1000).")
+    cfg: float = Field(1.0, ge=0.0, description="Classifier-free guidance weight of rollouts: u + cfg·(c − u); "
+                       "1 = off (the paper samples with 5; training forwards never use CFG).")
+    cfg_schedule: Literal["constant", "linear"] = Field(
+        "constant", description="linear ramps the guidance from 1 at the first scale to `cfg` at the last (VAR's "
+        "sampler).")
+    label_column: str = Field("label", description="Dataset column with each prompt's class index (the condition).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "VarModelConfig":
+        if (self.tiny is None) == (self.path is None):
+            raise ValueError("model.var: set exactly one of tiny (a config) or path (a VAR checkpoint folder)")
+        return self
+
+
 class ModelConfig(Section):
     kind: Literal["causal_lm", "var", "diffusion"] = Field(
         "causal_lm", description="Policy family: a text causal LM, a visual autoregressive (next-scale) model, or a "
@@ -65,11 +134,20 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: LoraConfig | None = Field(None, description="Train a LoRA adapter (PEFT) instead of all weights.")
     gradient_checkpointing: bool = False
+    diffusion: DiffusionModelConfig | None = Field(None, description="Diffusion policy settings (kind: diffusion).")
+    var: VarModelConfig | None = Field(None, description="VAR policy settings (kind: var).")
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":
         if self.kind == "causal_lm" and (self.path is None) == (self.tiny is None):
             raise ValueError("set exactly one of model.path (a local model folder) or model.tiny (a config)")
+        if (self.kind == "var") != (self.var is not None):
+            raise ValueError("model.kind: var needs a model.var section, and only it uses one")
+        if (self.kind == "diffusion") != (self.diffusion is not None):
+            raise ValueError("model.kind: diffusion needs a model.diffusion section, and only it uses one")
+        if self.diffusion is not None and (self.path is None) == (self.diffusion.tiny is None):
+            raise ValueError("diffusion: set exactly one of model.path (a local diffusers folder) or "
+                             "model.diffusion.tiny (a config)")
         return self
 
 
@@ -304,6 +382,25 @@ class ModifierSpec(Section):
         return self.name or self.use.rsplit(":", 1)[-1].rsplit("/", 1)[-1].lower()
 
 
+class EnvSpec(Section):
+    """A multi-turn environment (docs/agents.md): rollouts alternate model turns and its observations, which
+    are in the sequence but get no loss. rollout.max_new_tokens is unused; the budgets below apply."""
+
+    use: str = Field(..., description="Entry point name (`rltune.envs`), `pkg.mod:Attr` or `path/file.py:Attr`: a "
+                     "class (or factory) with reset(row) -> observation and step(action) -> (observation, reward, "
+                     "done, info), sync or async. One instance per episode.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments.")
+    max_turns: PositiveInt = Field(4, description="Model turns per episode at most.")
+    max_tokens_per_turn: PositiveInt = Field(16, description="New tokens per model turn (a turn ends at EOS).")
+    max_total_tokens: PositiveInt = Field(128, description="Response tokens per episode, model and observation "
+                                          "tokens together; an episode that reaches it ends (`truncated`).")
+    timeout_s: PositiveFloat | None = Field(10.0, description="Per reset/step call; a call that hangs or raises ends "
+                                            "its episode with return 0 and a logged reason (None = no limit).")
+    reward: Literal["final", "sum"] = Field(
+        "final", description="The episode return meta['env_return'] (read by the `env_return` reward): the last "
+        "step's reward (final) or the sum over turns (sum). Per-turn rewards are in extras['turn_rewards'].")
+
+
 # -------------------------------------------------------------------------------------------- logging
 class WandbConfig(Section):
     mode: Literal["disabled", "offline", "online"] = "disabled"
@@ -319,12 +416,34 @@ class LoggingConfig(Section):
 
 # ---------------------------------------------------------------------------------------------- recipe
 class ClusterConfig(Section):
-    """Where rollout runs. rollout_workers = 0 keeps the in-process engine (one process, shared weights)."""
+    """Where rollout and training run. rollout_workers = 0 keeps the in-process rollout engine; train_ranks = 0
+    keeps the single-process training engine. Both 0: one process, shared weights."""
 
     address: str | None = Field(None, description="Ray address: None starts a local Ray, `auto` joins a running cluster.")
     rollout_workers: int = Field(0, ge=0, description="Ray actors sampling completions (prompts are sharded).")
     cpus_per_worker: PositiveFloat = Field(1.0, description="Ray CPUs reserved per rollout worker.")
     threads_per_worker: PositiveInt = Field(1, description="torch threads inside each rollout worker.")
+    gpus_per_worker: float = Field(0.0, ge=0.0, description="Ray GPUs per rollout worker (fractions share a GPU).")
+    train_ranks: int = Field(0, ge=0, description="DeepSpeed data-parallel ranks in Ray actors (0 = train in the "
+                             "driver process with the single-process engine).")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage of the training ranks: 1 shards "
+                                            "optimizer state, 2 also gradients, 3 also parameters.")
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer state and step on the CPU.")
+    cpus_per_rank: PositiveFloat = Field(1.0, description="Ray CPUs per training rank (one placement-group bundle).")
+    gpus_per_rank: float = Field(0.0, ge=0.0, description="Ray GPUs per training rank (0 on CPU: gloo backend).")
+    threads_per_rank: PositiveInt = Field(1, description="torch threads inside each training rank.")
+    placement: Literal["colocated", "disaggregated"] = Field(
+        "disaggregated", description="colocated: rollout worker k shares training rank k's bundle (devices used one "
+        "after the other); disaggregated: rollout workers get their own resources.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy of the training ranks' bundles.")
+
+    @model_validator(mode="after")
+    def _placement(self) -> "ClusterConfig":
+        if self.placement == "colocated" and self.rollout_workers and self.rollout_workers > self.train_ranks:
+            raise ValueError(f"cluster.placement=colocated puts rollout worker k on training rank k's bundle: "
+                             f"rollout_workers ({self.rollout_workers}) must be <= train_ranks ({self.train_ranks})")
+        return self
 
 
 class Recipe(Section):
@@ -337,6 +456,8 @@ class Recipe(Section):
     critic: CriticConfig | None = None
     rewards: list[RewardSpec] = Field(..., min_length=1)
     modifiers: list[ModifierSpec] = Field(default_factory=list)
+    env: EnvSpec | None = Field(None, description="Multi-turn agent rollouts in this environment (None = one "
+                                "completion per sample).")
     logging: LoggingConfig = LoggingConfig()
     sft: SFTConfig | None = None
     cluster: ClusterConfig = ClusterConfig()

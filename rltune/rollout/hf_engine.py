@@ -35,8 +35,9 @@ class HFEngine:
         self.model, self.tok, self.max_prompt_tokens = model, tokenizer, max_prompt_tokens
         self.weight_version = 0
 
-    def sync(self, model, version: int) -> None:
-        """The in-process engine shares the trainer's model: only the version moves."""
+    def sync(self, model, version: int, weights_ref=None) -> None:
+        """The in-process engine shares the trainer's model (already holding the new weights): only the version
+        moves."""
         self.weight_version = version
 
     def shutdown(self) -> None:

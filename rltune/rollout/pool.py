@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 import torch
@@ -27,26 +28,44 @@ class RolloutWorker:
     """Body of one Ray actor (also usable in-process for tests)."""
 
     def __init__(self, model_cfg: dict[str, Any], start_path: str | None, seed: int, max_prompt_tokens: int,
-                 threads: int = 1):
+                 threads: int = 1, env_cfg: dict[str, Any] | None = None):
         from rltune.models.policy import load_policy
         from rltune.rollout.hf_engine import HFEngine
 
         torch.set_num_threads(threads)
         cfg = ModelConfig.model_validate(model_cfg)
-        # Workers sample from the merged policy: a LoRA adapter is folded in by the trainer before each sync.
-        cfg = cfg.model_copy(update={"lora": None, "gradient_checkpointing": False})
-        model, tok = load_policy(cfg, path=start_path, seed=seed, trainable=False)
+        # With LoRA the worker holds the frozen base plus the adapter; a sync sends only the adapter's tensors.
+        self.lora = cfg.lora is not None
+        model, tok = load_policy(cfg.model_copy(update={"gradient_checkpointing": False}), path=start_path, seed=seed,
+                                 trainable=self.lora)
+        model.requires_grad_(False).eval()
         self.engine = HFEngine(model, tok, max_prompt_tokens)
+        if env_cfg is not None:  # multi-turn episodes: this worker builds its own envs from the spec
+            from rltune.config.schema import EnvSpec
+            from rltune.rollout.multiturn import MultiTurnEngine
+
+            self.engine = MultiTurnEngine(self.engine, EnvSpec.model_validate(env_cfg))
 
     def generate(self, prompts: PromptBatch, params: SamplingParams) -> RolloutBatch:
         return self.engine.generate(prompts, params)
 
-    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
-        missing, unexpected = self.engine.model.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied lm_head may be absent
-            raise RuntimeError(f"weight sync: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> tuple[int, float]:
+        """Load full weights (or the LoRA adapter's); returns (version, checksum of what the model now holds)."""
+        model = self.engine.model
+        if self.lora:
+            from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+            res = set_peft_model_state_dict(model, state)
+            if res.unexpected_keys:
+                raise RuntimeError(f"adapter sync: unexpected {res.unexpected_keys[:5]}")
+            held = get_peft_model_state_dict(model)
+        else:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied lm_head may be absent
+                raise RuntimeError(f"weight sync: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            held = model.state_dict()
         self.engine.weight_version = version
-        return version
+        return version, checksum({k: held[k] for k in state})
 
     def weight_version(self) -> int:
         return self.engine.weight_version
@@ -60,15 +79,26 @@ class RolloutWorker:
 class RolloutPool:
     def __init__(self, model_cfg: ModelConfig, start_path: str | None, n_workers: int, seed: int,
                  max_prompt_tokens: int, pad_id: int, address: str | None = None, cpus_per_worker: float = 1.0,
-                 threads_per_worker: int = 1):
+                 threads_per_worker: int = 1, gpus_per_worker: float = 0.0, placement_group=None, env=None):
+        """`placement_group`: colocate worker k on bundle k of the training ranks' group (see TrainGroup)."""
         import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      **({} if address else {"num_cpus": max(2, int(n_workers * cpus_per_worker) + 1)}))
-        actor = ray.remote(num_cpus=cpus_per_worker, max_restarts=3, max_task_retries=0)(RolloutWorker)
-        args = (model_cfg.model_dump(mode="json"), start_path, seed, max_prompt_tokens, threads_per_worker)
-        self.workers = [actor.remote(*args) for _ in range(n_workers)]
+        actor = ray.remote(max_restarts=3, max_task_retries=0)(RolloutWorker)
+        args = (model_cfg.model_dump(mode="json"), start_path, seed, max_prompt_tokens, threads_per_worker,
+                None if env is None else env.model_dump(mode="json"))  # env: EnvSpec of multi-turn rollouts
+
+        def options(k: int) -> dict:
+            if placement_group is None:
+                return {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
+            share = placement_group.bundle_specs[k]
+            return {"num_cpus": share.get("CPU", 0) / 2, "num_gpus": share.get("GPU", 0) / 2,
+                    "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group, k)}
+
+        self.workers = [actor.options(**options(k)).remote(*args) for k in range(n_workers)]
         self.pad_id = pad_id
         self.weight_version = 0
         self._weights_ref = None  # the last pushed weights, re-sent to a restarted worker
@@ -103,18 +133,21 @@ class RolloutPool:
         batch = concat_batches([out[k] for k in sorted(out)], self.pad_id)
         return dataclasses.replace(batch, weight_version=self.weight_version)
 
-    def sync(self, model: torch.nn.Module, version: int) -> None:
-        """Push the trainer's current weights (merged when LoRA is on) to every worker."""
+    def sync(self, model: torch.nn.Module, version: int, weights_ref=None) -> None:
+        """Push the trainer's current weights to every worker and check that each now holds them (checksum).
+        With LoRA only the adapter travels. `weights_ref`: weights already in Ray's object store (the training
+        ranks put them there), else they are taken from `model`."""
         import ray
 
-        if hasattr(model, "merge_and_unload"):  # PEFT: send base + adapter folded together
-            import copy
-
-            model = copy.deepcopy(model).merge_and_unload()
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        self._weights_ref = ray.put(state)
+        if weights_ref is None:
+            weights_ref = ray.put(_weights_of(model))
+        self._weights_ref = weights_ref
         self.weight_version = version
-        ray.get([w.load_weights.remote(self._weights_ref, version) for w in self.workers])
+        want = checksum(ray.get(weights_ref))
+        for k, (v, got) in enumerate(ray.get([w.load_weights.remote(weights_ref, version) for w in self.workers])):
+            if v != version or not math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-6):
+                raise RuntimeError(f"weight sync: rollout worker {k} holds version {v} with checksum {got}, expected "
+                                   f"version {version} with checksum {want}")
 
     def _retry(self, worker, shard: PromptBatch, params: SamplingParams, timeout_s: float = 120.0) -> RolloutBatch:
         import time
@@ -144,6 +177,20 @@ class RolloutPool:
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+
+
+def _weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a sync sends: the LoRA adapter's tensors for a PEFT model, else the full state dict."""
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def checksum(state: dict[str, torch.Tensor]) -> float:
+    """A cheap fingerprint of a set of tensors (sum of all values in float64)."""
+    return float(sum(float(v.double().sum()) for v in state.values()))
 
 
 def _shard(prompts: PromptBatch, n: int) -> list[PromptBatch]:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from rltune.config.schema import TrainConfig
+from rltune.modifiers.base import GradView
 from rltune.ops import entropy_from_logits, logprobs_from_logits
 
 
@@ -69,6 +70,24 @@ class TorchEngine:
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
+
+    def set_boundary(self, is_last_micro_batch: bool) -> None:
+        """Gradient accumulation needs no bookkeeping in one process (DeepSpeed's engine does)."""
+
+    def zero_loss(self) -> torch.Tensor:
+        return sum(p.sum() * 0.0 for p in self.params)
+
+    def grad_view(self) -> GradView:
+        return GradView(self.named_parameters())
+
+    def all_finite(self, local: bool) -> bool:
+        return local
+
+    def update(self, x, plan, spec, state, mods) -> dict[str, float]:
+        """One training step's optimizer steps (rltune/train/update.py); metrics averaged over the plan."""
+        from rltune.train.update import finish_metrics, run_update
+
+        return finish_metrics([run_update(self, mods, x, plan, spec, state)], len(plan))
 
     def named_parameters(self):
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]

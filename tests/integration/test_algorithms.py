@@ -8,6 +8,7 @@ import torch
 from rltune.algo import dispatch
 from rltune.logging import read_metrics
 from rltune.trainer import Trainer
+from rltune.train.torch_engine import TorchEngine
 from tests.conftest import merge
 
 GSPO = {"policy_loss": "gspo", "loss_agg": "seq-mean-token-mean", "mini_batches": 2}
@@ -98,14 +99,20 @@ def test_epochs_and_mini_batches(tiny_recipe, monkeypatch):
 
 
 def _capture_updates(monkeypatch):
+    """Per step: the update's inputs (advantages, loss mask) and the step's batch."""
     seen = []
-    inner = Trainer._update
+    update, metrics = TorchEngine.update, Trainer._step_metrics
 
-    def spy(self, batch, advantages, loss_mask, *args):
-        seen.append({"batch": batch, "advantages": advantages.clone(), "loss_mask": loss_mask.clone()})
-        return inner(self, batch, advantages, loss_mask, *args)
+    def spy_update(self, x, *args):
+        seen.append({"advantages": x.advantages.clone(), "loss_mask": x.loss_mask.clone()})
+        return update(self, x, *args)
 
-    monkeypatch.setattr(Trainer, "_update", spy)
+    def spy_metrics(self, batch, *args):
+        seen[-1]["batch"] = batch
+        return metrics(self, batch, *args)
+
+    monkeypatch.setattr(TorchEngine, "update", spy_update)
+    monkeypatch.setattr(Trainer, "_step_metrics", spy_metrics)
     return seen
 
 
