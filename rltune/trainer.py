@@ -132,6 +132,12 @@ class Trainer:
             self.engine.load(resume_from / "deepspeed")
         if c.rollout_workers:  # workers start from the same weights as the policy, at its version
             self.rollout.sync(self.model, self.rollout.weight_version)
+        if c.rollout_workers or c.train_ranks:  # where each actor landed, for the user (and the multi-node test)
+            import json
+
+            placed = {"train_rank_nodes": getattr(self.engine, "nodes", []),
+                      "rollout_worker_nodes": self.rollout.nodes() if c.rollout_workers else []}
+            (self.run_dir / "cluster.json").write_text(json.dumps(placed, indent=1))
         self._stop_signal: str | None = None
         self._last_samples: list[dict[str, Any]] = []
         self._skipped_in_a_row = 0

@@ -75,6 +75,11 @@ class RolloutWorker:
 
         return os.getpid()
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 class RolloutPool:
     def __init__(self, model_cfg: ModelConfig, start_path: str | None, n_workers: int, seed: int,
@@ -165,6 +170,12 @@ class RolloutPool:
                     raise RuntimeError(f"a rollout worker did not come back within {timeout_s:.0f}s after dying; "
                                        "check `ray status` and the worker logs under /tmp/ray") from None
                 time.sleep(0.5)
+
+    def nodes(self) -> list[str]:
+        """The Ray node of each worker."""
+        import ray
+
+        return ray.get([w.node_id.remote() for w in self.workers])
 
     def versions(self) -> list[int]:
         import ray
