@@ -17,4 +17,5 @@ def ensure_ray(c: ClusterConfig) -> None:
     need = c.train_ranks * c.cpus_per_rank
     if c.placement == "disaggregated" or not c.train_ranks:
         need += c.rollout_workers * c.cpus_per_worker
-    ray.init(num_cpus=max(2, int(need + 0.999) + 1), include_dashboard=False, log_to_driver=False)
+    # address="local": always a fresh local instance, never a cluster that a stale /tmp/ray file points to.
+    ray.init(address="local", num_cpus=max(2, int(need + 0.999) + 1), include_dashboard=False, log_to_driver=False)

@@ -90,7 +90,7 @@ class RolloutPool:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      **({} if address else {"num_cpus": max(2, int(n_workers * cpus_per_worker) + 1)}))
         actor = ray.remote(max_restarts=3, max_task_retries=0)(RolloutWorker)
         args = (model_cfg.model_dump(mode="json"), start_path, seed, max_prompt_tokens, threads_per_worker,

@@ -25,7 +25,7 @@ OVER = {"run": {"steps": 3}, "algo": {"ppo_epochs": 2, "mini_batches": 2}, "trai
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

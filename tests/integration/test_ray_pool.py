@@ -23,7 +23,7 @@ PROMPTS = PromptBatch(prompts=[f"{a}+{a + 1}=" for a in range(6)], meta={"answer
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -51,6 +51,10 @@ def two_node_cluster():
                 pass
         time.sleep(1)
         shutil.rmtree(tmp, ignore_errors=True)
+        # `ray start --head` records its address for later `ray.init()` calls; a dead one would mislead them.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip() == f"127.0.0.1:{port}":
+            current.unlink()
 
 
 def test_tiny_recipe_runs_on_two_nodes(two_node_cluster, tmp_path):
