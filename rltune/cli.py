@@ -39,10 +39,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rltune.rollout.dynamic import DynamicSamplingError
     from rltune.rollout.hf_engine import PromptTooLongError
     from rltune.sft import SFTError
+    from rltune.train.worker import TrainRankDiedError
     from rltune.trainer import RunDirError, TrainingDivergedError
 
     return (RecipeError, DataError, ModelLoadError, ModifierError, PluginError, RewardError, PromptTooLongError,
-            SFTError, RunDirError, TrainingDivergedError, DynamicSamplingError)
+            SFTError, RunDirError, TrainingDivergedError, DynamicSamplingError, TrainRankDiedError)
 
 
 def _fail(e: BaseException) -> None:
@@ -113,6 +114,8 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) ->
                 cls = plugins.resolve(m.use, "modifiers")
                 check_modifier_class(cls, m.key)
                 plugins.bind_args(cls, m.args, m.use)
+            if r.env is not None:
+                plugins.bind_args(plugins.resolve(r.env.use, "envs"), r.env.args, r.env.use)
             out.print(f"[green]ok[/]   {path}")
         except _user_errors() as e:
             bad += 1
@@ -136,10 +139,10 @@ def show(recipe: Path, overrides: Optional[list[str]] = typer.Argument(None)) ->
 
 @app.command("plugins")
 def plugins_cmd() -> None:
-    """List installed rewards and modifiers (entry points)."""
+    """List installed rewards, modifiers and environments (entry points)."""
     from rltune import plugins
 
-    for group in ("rewards", "modifiers"):
+    for group in ("rewards", "modifiers", "envs"):
         t = Table(title=f"rltune.{group}")
         t.add_column("name")
         t.add_column("target")

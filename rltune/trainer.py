@@ -78,6 +78,9 @@ class Trainer:
             start = r.sft.output_dir
             if not (Path(start) / "config.json").is_file():
                 raise RunDirError(f"no SFT model at {start}: run `rltune sft <recipe>` first (recipe has an sft: section)")
+        # Actors build from this stable start (a resume checkpoint may be pruned before a worker restarts) and
+        # then receive the current weights (sync, or the ranks' sharded checkpoint).
+        actor_start = start
         if resume_from is not None and r.model.lora is None:
             start = str(resume_from / "model")
         self.model, self.tok = load_policy(r.model, path=start, seed=r.run.seed)
@@ -105,14 +108,14 @@ class Trainer:
         if c.train_ranks:  # DeepSpeed ZeRO ranks in Ray actors; this process keeps a synced copy for rollout/eval
             from rltune.train.worker import TrainGroup
 
-            self.engine = TrainGroup(r, start, total, base_dir=self.base_dir)
+            self.engine = TrainGroup(r, actor_start, total, base_dir=self.base_dir)
         else:
             self.engine = TorchEngine(self.model, r.train, total)
         if c.rollout_workers:
             from rltune.rollout.pool import RolloutPool
 
             pg = self.engine.pg if c.train_ranks and c.placement == "colocated" else None
-            self.rollout = RolloutPool(r.model, start, c.rollout_workers, r.run.seed, r.data.max_prompt_tokens,
+            self.rollout = RolloutPool(r.model, actor_start, c.rollout_workers, r.run.seed, r.data.max_prompt_tokens,
                                        self.tok.pad_token_id, c.address, c.cpus_per_worker, c.threads_per_worker,
                                        c.gpus_per_worker, placement_group=pg, env=r.env)
         else:

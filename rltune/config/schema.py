@@ -143,6 +143,8 @@ class ModelConfig(Section):
             raise ValueError("set exactly one of model.path (a local model folder) or model.tiny (a config)")
         if (self.kind == "var") != (self.var is not None):
             raise ValueError("model.kind: var needs a model.var section, and only it uses one")
+        if self.kind == "var" and (self.path is not None or self.tiny is not None):
+            raise ValueError("model.kind: var reads model.var.path or model.var.tiny; remove model.path/model.tiny")
         if (self.kind == "diffusion") != (self.diffusion is not None):
             raise ValueError("model.kind: diffusion needs a model.diffusion section, and only it uses one")
         if self.diffusion is not None and (self.path is None) == (self.diffusion.tiny is None):

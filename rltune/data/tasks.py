@@ -10,6 +10,10 @@ from __future__ import annotations
 import random
 from typing import Callable
 
+from rltune.envs.calculator import calculator_rows
+from rltune.envs.guess_number import guess_number_rows
+from rltune.visual.var_data import var_toy
+
 Rows = list[dict]
 
 
@@ -49,4 +53,31 @@ def addition(split: str, digits: int = 3, n_train: int = 6400, train_seed: int =
     return _rows(addition_train(digits, n_train, train_seed, n_test, test_seed))
 
 
-TASKS: dict[str, Callable[..., Rows]] = {"addition": addition}
+# Agent tasks: rows for the multi-turn environments of rltune/envs (recipes/agent-*-tiny.yaml).
+TASKS: dict[str, Callable[..., Rows]] = {"addition": addition, "guess_number": guess_number_rows,
+                                         "calculator": calculator_rows}
+TASKS["var_toy"] = var_toy  # the VAR demo's class-conditional prompts (rltune/visual/var_data.py)
+
+
+# Image prompts for diffusion policies (no answers: recipes set data.answer_column: null). `animals` is the
+# simple-animals list of DDPO/AlignProp's aesthetic runs; `shapes` suits the 16×16 tiny denoiser. The test split
+# holds every 4th prompt, the train split the others.
+IMAGE_PROMPTS = {
+    "animals": ["cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider", "bird", "sheep", "deer", "cow", "goat",
+                "lion", "tiger", "bear", "raccoon", "fox", "wolf", "lizard", "beetle", "ant", "butterfly", "fish",
+                "shark", "whale", "dolphin", "squirrel", "mouse", "rat", "snake", "turtle", "frog", "chicken", "duck",
+                "goose", "bee", "pig", "turkey", "fly", "llama", "camel", "bat", "gorilla", "hedgehog", "kangaroo"],
+    "shapes": ["a square", "a small square", "a large square", "a square on a plain background", "a flat picture",
+               "a tile", "a block", "a patch of colour"],
+}
+
+
+def image_prompts(split: str, set: str = "shapes", template: str = "{}") -> Rows:
+    if set not in IMAGE_PROMPTS:
+        raise ValueError(f"image_prompts set must be one of {sorted(IMAGE_PROMPTS)}, got {set!r}")
+    items = IMAGE_PROMPTS[set]
+    keep = [p for i, p in enumerate(items) if (i % 4 == 3) == (split == "test")]
+    return [{"prompt": template.format(p)} for p in keep]
+
+
+TASKS["image_prompts"] = image_prompts

@@ -22,7 +22,7 @@ import math
 import numbers
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
 from typing import Any, Callable, Sequence
@@ -52,6 +52,9 @@ class RewardResult:
     rewards: torch.Tensor
     metrics: dict[str, float]
     names: tuple[str, ...]
+    # Every per-sample extra a reward returned (`Scores(values, extras={key: [N]})`), as `<name>/<key>`: numeric
+    # extras are also logged as metrics; others (e.g. spatial metadata: boxes, saliency maps) ride along only.
+    extras: dict[str, list] = field(default_factory=dict)
 
 
 class _Timeout(Exception):
@@ -79,7 +82,7 @@ class RewardManager:
 
     def __call__(self, inp: RewardInput) -> RewardResult:
         n = _check_input(inp)
-        cols, metrics = [], {}
+        cols, metrics, carried = [], {}, {}
         for spec, fn in zip(self.specs, self.fns):
             t0 = perf_counter()
             values, extras, extra_metrics, n_err = self._score(spec, fn, inp)
@@ -87,6 +90,9 @@ class RewardManager:
             cols.append(col)
             name, ok = spec.metric_name, ~torch.isnan(col)
             for key, vals in extras.items():
+                carried[f"{name}/{key}"] = list(vals)
+                if not all(v is None or isinstance(v, numbers.Real) for v in vals):
+                    continue  # spatial or other non-numeric metadata: carried, not logged
                 nums = [v for v in vals if v is not None and math.isfinite(v)]
                 metrics[f"reward/{name}/{key}"] = sum(nums) / len(nums) if nums else math.nan
             metrics.update({f"reward/{name}/{k}": float(v) for k, v in extra_metrics.items()})
@@ -100,7 +106,7 @@ class RewardManager:
         weighted = torch.where(valid, scores * self.weights, torch.zeros(())).sum(dim=1)
         scorable = (valid & self._active).any(dim=1)
         rewards = torch.where(scorable, weighted, torch.full_like(weighted, math.nan))
-        return RewardResult(scores, rewards, metrics, self.names)
+        return RewardResult(scores, rewards, metrics, self.names, carried)
 
     # ------------------------------------------------------------------------------------ one reward
     def _score(self, spec: RewardSpec, fn: Callable, inp: RewardInput):

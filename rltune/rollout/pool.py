@@ -92,7 +92,9 @@ class RolloutPool:
         if not ray.is_initialized():
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      **({} if address else {"num_cpus": max(2, int(n_workers * cpus_per_worker) + 1)}))
-        actor = ray.remote(max_restarts=3, max_task_retries=0)(RolloutWorker)
+        # Unlimited restarts: a long run may lose a worker many times; a worker that cannot come back is caught by
+        # the retry deadline in _retry instead.
+        actor = ray.remote(max_restarts=-1, max_task_retries=0)(RolloutWorker)
         args = (model_cfg.model_dump(mode="json"), start_path, seed, max_prompt_tokens, threads_per_worker,
                 None if env is None else env.model_dump(mode="json"))  # env: EnvSpec of multi-turn rollouts
 
@@ -149,12 +151,22 @@ class RolloutPool:
         self._weights_ref = weights_ref
         self.weight_version = version
         want = checksum(ray.get(weights_ref))
-        for k, (v, got) in enumerate(ray.get([w.load_weights.remote(weights_ref, version) for w in self.workers])):
+        refs = [w.load_weights.remote(weights_ref, version) for w in self.workers]
+        for k, (w, ref) in enumerate(zip(self.workers, refs)):
+            try:
+                v, got = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                # Died while loading: Ray restarts it; load into the new process (the same path as a retried shard).
+                log.warning("rollout worker %d died during weight sync (%s); restarting it", k, type(e).__name__)
+                self.restarts += 1
+                v, got = self._retry(w, None, None)
             if v != version or not math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-6):
                 raise RuntimeError(f"weight sync: rollout worker {k} holds version {v} with checksum {got}, expected "
                                    f"version {version} with checksum {want}")
 
-    def _retry(self, worker, shard: PromptBatch, params: SamplingParams, timeout_s: float = 120.0) -> RolloutBatch:
+    def _retry(self, worker, shard: PromptBatch | None, params: SamplingParams | None, timeout_s: float = 120.0):
+        """Wait for a restarted worker, give it the current weights, then sample `shard` (or, with no shard, return
+        what load_weights returned)."""
         import time
 
         import ray
@@ -162,9 +174,10 @@ class RolloutPool:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
+                loaded = None
                 if self._weights_ref is not None:
-                    ray.get(worker.load_weights.remote(self._weights_ref, self.weight_version))
-                return ray.get(worker.generate.remote(shard, params))
+                    loaded = ray.get(worker.load_weights.remote(self._weights_ref, self.weight_version))
+                return loaded if shard is None else ray.get(worker.generate.remote(shard, params))
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"a rollout worker did not come back within {timeout_s:.0f}s after dying; "

@@ -89,7 +89,7 @@ EXPECTED = {
     "missing_columns": ["no column(s) ['prompt']", "question", "data.prompt_column"],
     "empty_dataset": ["empty"],
     "long_prompt": ["tokens > data.max_prompt_tokens=64", "raise data.max_prompt_tokens"],
-    "unknown_task": ["subtraction", "available: ['addition']"],
+    "unknown_task": ["subtraction", "available: ['addition', "],
     "bad_task_args": ["digitz", "valid"],
     "missing_model": ["does not exist", "no-model"],
     "missing_sft": ["rltune sft", "no-sft"],

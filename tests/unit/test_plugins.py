@@ -85,7 +85,9 @@ def test_unknown_name_lists_installed_and_suggests_nearest():
         resolve("exact_mach", "rewards")
     msg = str(e.value)
     assert "unknown rewards plugin 'exact_mach'" in msg and "rltune.rewards" in msg
-    assert "installed: code_exec, exact_match, format, length_penalty, math_accuracy" in msg
+    listed = msg.split("(installed: ", 1)[1].split(")", 1)[0].split(", ")
+    assert listed == sorted(listed) and {"code_exec", "exact_match", "format", "length_penalty",
+                                         "math_accuracy"} <= set(listed)
     assert "did you mean 'exact_match'?" in msg
     assert "pkg.mod:Attr" in msg and "file.py:Attr" in msg
 

@@ -1,0 +1,29 @@
+"""The typed context that reward-backprop modifiers (AlignProp, Direct-Align) receive in `extra_loss` from the
+diffusion trainer. It carries a handle to the policy (to re-run denoising steps *with* gradient) and the
+differentiable reward, never the trainer (ARCHITECTURE rule 6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import Tensor
+
+from rltune.models.diffusion import DiffusionPolicy, Rollout
+from rltune.modifiers.base import StepState
+
+
+@dataclass(frozen=True)
+class DiffusionLossContext:
+    """One micro-batch of n of the step's N samples. Tensors are detached; gradients come only from calls on
+    `policy` (resume / predict / decode) and `reward_fn`."""
+
+    rows: Tensor                                   # [n] indices into the step's N samples
+    rollout: Rollout                               # the n rows of the no-grad rollout (latents [T+1,n,...])
+    policy: DiffusionPolicy                        # handle: resume(), predict(), decode(), num_steps, kind
+    reward_fn: Callable[[Tensor, list[str]], Tensor]  # Σ_k w_k·R_k(images [n,3,H,W], prompts) -> [n], with grad
+    scorers: tuple                                 # text-image scorers among the rewards (SRPO's relative reward)
+    raw_rewards: Tensor                            # [n] rewards of the rollout images (no grad)
+    state: StepState
+    total_rows: int                                # N: a term sums its per-row losses and divides by N
+    advantages: Tensor | None = None               # [n,T] per denoising step (algo.advantage), for ddpo

@@ -1,0 +1,366 @@
+"""`DiffusionTrainer.fit()`: reward-backprop post-training of a diffusion policy, one step read top to bottom.
+
+    rltune train recipes/diffusion-tiny-alignprop.yaml       # model.kind: diffusion selects this trainer
+
+One step (B prompts, G samples each, N = B·G images, T denoising steps):
+rollout (no grad, every latent recorded) -> reward (images [N,3,H,W]) -> advantage ([N,T], per denoising step)
+-> update: the modifiers' extra_loss (AlignProp / Direct-Align re-run part of the chain *with* gradient through the
+policy handle in `DiffusionLossContext`; DDPO's clipped policy gradient uses the advantages), per micro-batch,
+then one optimizer step -> log / eval / checkpoint.
+Run-directory rules, signals, atomic checkpoints and `--resume` are those of rltune/trainer.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import shutil
+import signal
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rltune import algo
+from rltune.config.load import dump_recipe
+from rltune.config.schema import Recipe
+from rltune.data.prompts import PromptLoader, load_rows
+from rltune.logging import MetricLogger
+from rltune.models.diffusion import load_diffusion_policy
+from rltune.modifiers.base import GradView, Modifier, PromptContext, StepState
+from rltune.modifiers.pipeline import ModifierError, ModifierPipeline
+from rltune.reward import RewardInput, RewardManager
+from rltune.reward.image import TextImageScorer, is_differentiable, weighted_image_reward
+from rltune.train import checkpoint as ckpt
+from rltune.trainer import RunDirError, TrainingDivergedError
+from rltune.visual.diffusion_context import DiffusionLossContext
+from rltune.watchdog import Watchdog
+
+EVAL_NOISE_SALT = 4_242
+
+
+class DiffusionTrainer:
+    def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
+        self.recipe, self.base_dir = recipe, Path(base_dir)
+        r = recipe
+        self.run_dir = Path(r.run.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        resume_from = self._prepare_run_dir(resume, overwrite)
+        if r.run.threads:
+            torch.set_num_threads(r.run.threads)
+        _seed_everything(r.run.seed)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+        # Policy: denoiser (+ LoRA) with its schedule, text encoder and VAE; only the trainable part is saved.
+        self.model = load_diffusion_policy(r.model, r.run.seed, self.device)
+        self.params = [p for _, p in self.model.trainable()]
+        if not self.params:
+            raise RunDirError("the diffusion policy has no trainable parameter (check model.lora.target_modules)")
+        t = r.train
+        self.opt = torch.optim.AdamW(self.params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt,
+                                                          _lr_lambda(t.scheduler, t.warmup_steps, r.run.steps))
+
+        # Rewards: all of them score the rollout (logs, eval); the differentiable ones form the backprop objective.
+        self.rewards = RewardManager(r.rewards, base_dir=self.base_dir)
+        objs = [getattr(fn, "fn", fn) for fn in self.rewards.fns]
+        bad = [s.metric_name for s, o in zip(r.rewards, objs) if s.weight != 0 and not is_differentiable(o)]
+        if bad:
+            raise ModifierError(f"reward(s) {bad} are not differentiable (no score_images / differentiable=True), so "
+                                "reward backprop cannot use them; give them weight: 0 to log them only")
+        self.diff_rewards = [(s.weight, o) for s, o in zip(r.rewards, objs) if is_differentiable(o)]
+        self.scorers = tuple(o for w, o in self.diff_rewards if w != 0 and isinstance(o, TextImageScorer))
+        self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
+        if not any(type(m).extra_loss is not Modifier.extra_loss for _, m in self.mods.mods):
+            raise ModifierError("a diffusion recipe trains through its modifiers' extra_loss: add `modifiers: "
+                                "[{use: alignprop}]`, `[{use: direct_align}]` (reward backprop) or `[{use: ddpo}]` "
+                                "(policy gradient)")
+        if r.algo.advantage in algo.NEEDS_VALUES:
+            raise ModifierError(f"algo.advantage={r.algo.advantage} needs a critic, which diffusion policies do not "
+                                "have; use a critic-free estimator (group_norm, rloo, ...)")
+
+        self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, None, r.run.seed)
+        self.eval_prompts = self._load_eval_prompts()
+        self.step = 0
+        self.best: tuple[float, int] | None = None
+        if resume_from is not None:
+            from safetensors.torch import load_file
+
+            self.model.load_trained_state(load_file(str(resume_from / "model" / "denoiser_trained.safetensors")))
+            self._load_state(ckpt.load_state(resume_from))
+        self._stop_signal: str | None = None
+        self._skipped_in_a_row = 0
+        self._last_samples: list[dict[str, Any]] = []
+        self.last_eval_images: torch.Tensor | None = None
+        self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)
+        self.logger: MetricLogger | None = None
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def fit(self) -> dict[str, Any]:
+        r = self.recipe
+        self.logger = MetricLogger(r.logging, self.run_dir, r.run.steps, r.model_dump(mode="json"), self.step,
+                                   r.run.name)
+        (self.run_dir / "recipe.yaml").write_text(dump_recipe(r))
+        last: dict[str, Any] = {}
+        with self._signals():
+            if self.step == 0 and self.eval_prompts:
+                last = self.evaluate()
+                self.logger.log(0, last)
+            while self.step < r.run.steps and self._stop_signal is None:
+                last = self.train_step()
+                self.step += 1
+                self._check_diverged(last)
+                if self.eval_prompts and ((r.run.eval_interval and self.step % r.run.eval_interval == 0)
+                                          or self.step == r.run.steps):
+                    last |= self.evaluate()
+                    self._track_best(last)
+                self.logger.log(self.step, last, samples=self._last_samples)
+                if self.step % r.run.log_interval == 0 or self.step == r.run.steps:
+                    self.logger.progress(self.step, last)
+                if r.run.save_interval and self.step % r.run.save_interval == 0:
+                    self.save_checkpoint()
+            path = self.save_checkpoint()
+            if self._stop_signal is not None:
+                self.logger.print(f"[yellow]{self._stop_signal}: stopped after step {self.step}; saved {path}[/]",
+                                  always=True)
+            else:
+                self.model.save_pretrained(self.run_dir / "final")
+        self.logger.close()
+        self.watchdog.close()
+        return last
+
+    def train_step(self) -> dict[str, Any]:
+        r = self.recipe
+        state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
+        step_seed = (r.run.seed * 1_000_003 + self.step * 7_919 + 17) % (2**31 - 1)
+        torch.manual_seed(step_seed)  # reseeding per step: a resumed run draws what the uninterrupted one drew
+        gen = torch.Generator().manual_seed(step_seed)
+        timers: dict[str, float] = defaultdict(float)
+        t_step = time.perf_counter()
+        G = r.rollout.samples_per_prompt
+
+        # -- rollout: B prompts -> N = B·G images, no grad; the chain's latents [T+1,N,...] are kept for the update
+        with self._phase(timers, "time/rollout"):
+            prompts = self.mods.on_prompts(self.loader.next(r.rollout.prompts_per_step), PromptContext(state, None, G))
+            texts = [p for p in prompts.prompts for _ in range(G)]
+            meta = {k: [v for v in col for _ in range(G)] for k, col in prompts.meta.items()}
+            ro = self.model.rollout(texts, gen)
+
+        # -- reward: every reward scores the images (logging); raw rewards [N] (NaN = unscorable)
+        with self._phase(timers, "time/reward"):
+            res = self.rewards(_reward_input(texts, meta, ro.images, self.step))
+            raw = res.rewards
+
+        # -- advantage: rewards [N] -> [N,T] per denoising step (group_norm: over the G images of a prompt, DDPO's
+        #    per-prompt normalisation); read by policy-gradient modifiers (ddpo), ignored by reward backprop
+        N, a = len(texts), r.algo
+        with self._phase(timers, "time/advantage"):
+            group_id = torch.arange(len(prompts)).repeat_interleave(G)
+            mask = torch.ones(N, self.model.num_steps, dtype=torch.bool)
+            advantages, _ = algo.estimate(a.advantage, raw, group_id, mask, gamma=a.gamma, lam=a.lam,
+                                          scale=a.scale_rewards, eps=a.std_eps)
+
+        # -- update: the modifiers' loss terms per micro-batch (gradients accumulate), then one optimizer step
+        with self._phase(timers, "time/update"):
+            self.opt.zero_grad(set_to_none=True)
+            acc: dict[str, float] = defaultdict(float)
+            for rows in torch.arange(N).split(r.train.micro_batch_size):
+                ctx = DiffusionLossContext(rows, ro.rows(rows.to(ro.latents.device)), self.model, self._reward_fn,
+                                           self.scorers, raw[rows], state, N, advantages[rows])
+                terms = self.mods.extra_loss(ctx)
+                loss = sum(terms.values())
+                for name, term in terms.items():
+                    acc[f"loss/{name}"] += float(term.detach())
+                if isinstance(loss, torch.Tensor) and loss.requires_grad:
+                    loss.backward()
+                acc["loss/total"] += float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+            self.mods.on_gradients(GradView(self.model.trainable()), state)
+            stats = dict(acc)
+            finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
+            if not (finite and math.isfinite(acc["loss/total"])):
+                self.opt.zero_grad(set_to_none=True)
+                stats["train/skipped_step"] = 1.0
+            else:
+                max_norm = r.train.max_grad_norm or float("inf")
+                stats["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+                self.opt.step()
+                stats["train/lr"] = self.opt.param_groups[0]["lr"]
+            self.lr_sched.step()
+
+        metrics = {"reward/mean": float(torch.nanmean(raw)), "reward/std": float(raw[~raw.isnan()].std())
+                   if int((~raw.isnan()).sum()) > 1 else 0.0, **res.metrics, **stats, **timers}
+        metrics["time/step"] = time.perf_counter() - t_step
+        metrics |= self.mods.on_step_end(metrics, state)
+        order = torch.argsort(torch.nan_to_num(raw, nan=-math.inf), descending=True).tolist()
+        self._last_samples = [{"prompt": texts[i], "completion": f"[image {i} of step {self.step + 1}]",
+                               "reward": _finite(raw[i])} for i in order[:2] + order[-2:]]
+        return metrics
+
+    def _reward_fn(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """The differentiable objective Σ_k w_k R_k(images): [n,3,H,W] -> [n], with grad."""
+        return weighted_image_reward(self.diff_rewards, images, prompts)
+
+    # ------------------------------------------------------------------------------------ eval / metrics
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Deterministic samples (eta 0) from fixed noise on the held-out prompts; eval/accuracy = first reward."""
+        t0 = time.perf_counter()
+        prompts = self.eval_prompts
+        g = torch.Generator().manual_seed(self.recipe.run.seed * 7 + EVAL_NOISE_SALT)
+        noise = torch.randn((len(prompts), *self.model.latent_shape), generator=g)
+        bs = self.recipe.rollout.batch_size  # eval in chunks of a training batch: it fits where training fits
+        self.last_eval_images = torch.cat([self.model.rollout(prompts[i:i + bs], g, eta=0.0, noise=noise[i:i + bs])
+                                           .images.cpu() for i in range(0, len(prompts), bs)])
+        # What changed is easiest seen: one PNG grid per evaluation, same noises every time.
+        image_grid(self.last_eval_images, self.run_dir / "samples" / f"eval_step_{self.step:06d}.png",
+                   scale=max(1, 64 // self.last_eval_images.shape[-1]))
+        s = self.rewards(_reward_input(prompts, {}, self.last_eval_images, self.step)).scores
+        out = {"eval/accuracy": float(torch.nanmean(s[:, 0]))}
+        for k, spec in enumerate(self.recipe.rewards):
+            out[f"eval/reward/{spec.metric_name}"] = float(torch.nanmean(s[:, k]))
+        out["time/eval"] = time.perf_counter() - t0
+        return out
+
+    def _load_eval_prompts(self) -> list[str]:
+        d = self.recipe.data
+        if d.eval_source is None and not d.source.startswith("builtin:"):
+            return []
+        ds = load_rows(d, d.eval_split, source=d.eval_source or d.source, base_dir=self.base_dir)
+        if d.eval_size:
+            ds = ds.select(range(min(d.eval_size, len(ds))))
+        prompts = list(ds[d.prompt_column])
+        # Few held-out prompts: each gets several fixed noises so the eval mean is over ≥ 16 images.
+        return [p for p in prompts for _ in range(max(1, math.ceil(16 / len(prompts))))]
+
+    def _track_best(self, metrics: dict[str, Any]) -> None:
+        acc = metrics.get("eval/accuracy")
+        if acc is not None and (self.best is None or acc > self.best[0]):
+            self.best = (acc, self.step)
+
+    def _check_diverged(self, metrics: dict[str, Any]) -> None:
+        self._skipped_in_a_row = self._skipped_in_a_row + 1 if metrics.get("train/skipped_step") else 0
+        limit = self.recipe.train.max_skipped_steps
+        if self._skipped_in_a_row >= limit:
+            self.logger.log(self.step, metrics)
+            self.logger.close()
+            self.watchdog.close()
+            raise TrainingDivergedError(
+                f"{limit} steps in a row had a non-finite loss or gradient (last at step {self.step}); weights were "
+                f"not updated by them. Last good checkpoint: {ckpt.find_latest(self.ckpt_root) or 'none'}. Lower "
+                "train.lr or check the rewards for inf; then `--resume`.")
+
+    @property
+    def stopped_by(self) -> str | None:
+        return self._stop_signal
+
+    @contextlib.contextmanager
+    def _phase(self, timers: dict[str, float], key: str):
+        t0 = time.perf_counter()
+        with self.watchdog.watch(key):
+            try:
+                yield
+            finally:
+                timers[key] += time.perf_counter() - t0
+
+    # --------------------------------------------------------------------------------- state and files
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "optimizer": self.opt.state_dict(), "lr_sched": self.lr_sched.state_dict(),
+                "loader": self.loader.state_dict(), "modifiers": self.mods.state_dict(), "best": self.best,
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}}
+
+    def _load_state(self, sd: dict[str, Any]) -> None:
+        self.step = sd["step"]
+        self.opt.load_state_dict(sd["optimizer"])
+        self.lr_sched.load_state_dict(sd["lr_sched"])
+        self.loader.load_state_dict(sd["loader"])
+        self.mods.load_state_dict(sd["modifiers"])
+        self.best = sd.get("best")
+        torch.set_rng_state(sd["rng"]["torch"])
+        random.setstate(sd["rng"]["python"])
+        np.random.set_state(sd["rng"]["numpy"])
+
+    def save_checkpoint(self) -> Path:
+        with self.watchdog.watch("checkpoint"):
+            return ckpt.save_checkpoint(self.ckpt_root, self.step, self.model.save_pretrained, self.state_dict(),
+                                        self.recipe.run.keep_last)
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> Path | None:
+        has_run = (self.run_dir / "metrics.jsonl").exists() or self.ckpt_root.exists()
+        if resume:
+            found = ckpt.find_latest(self.ckpt_root)
+            if found is None:
+                raise RunDirError(f"--resume: no valid checkpoint under {self.ckpt_root}; start without --resume")
+            return found
+        if has_run and not overwrite:
+            raise RunDirError(f"{self.run_dir} already holds a run; pass --resume to continue it or --overwrite to "
+                              "start over (or change run.name / run.output_dir)")
+        if has_run and overwrite:
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return None
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT/SIGTERM finish the current step, then a checkpoint is written and fit() returns."""
+        def handler(signum, _frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+
+        prev = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in prev:
+                signal.signal(s, handler)
+        except ValueError:  # not the main thread
+            prev = {}
+        try:
+            yield
+        finally:
+            for s, h in prev.items():
+                signal.signal(s, h)
+
+
+def _reward_input(prompts: list[str], meta: dict[str, list], images: torch.Tensor, step: int) -> RewardInput:
+    return RewardInput(prompts=prompts, completions=[""] * len(prompts), completion_ids=[[] for _ in prompts],
+                       meta=meta, step=step, images=images)
+
+
+def _lr_lambda(kind: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        w = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        frac = min(1.0, step / max(1, total))
+        return w * {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[kind]
+    return f
+
+
+def _finite(x: torch.Tensor) -> float | None:
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 4) -> Path:
+    """Save [N,3,H,W] images in [0,1] as one PNG grid (nearest-neighbour upscaled by `scale`)."""
+    from PIL import Image
+
+    x = images.detach().float().clamp(0, 1).cpu()
+    n, _, h, w = x.shape
+    cols, rows = min(nrow, n), math.ceil(n / nrow)
+    grid = torch.ones(3, rows * (h + 1) + 1, cols * (w + 1) + 1)
+    for i in range(n):
+        r_, c_ = divmod(i, cols)
+        grid[:, 1 + r_ * (h + 1):1 + r_ * (h + 1) + h, 1 + c_ * (w + 1):1 + c_ * (w + 1) + w] = x[i]
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return Path(path)

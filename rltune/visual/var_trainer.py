@@ -1,0 +1,498 @@
+"""`VarTrainer.fit()`: GRPO for visual autoregressive (next-scale) policies, the step of rltune/trainer.py over
+token pyramids, read top to bottom.
+
+    rltune train recipes/var-tiny.yaml                 # a recipe with model.kind: var
+
+One step (B prompts = class labels, G samples each; a row holds T = Σ_t h_t·w_t scale-tokens, spec §1.3):
+  plan      mods.on_prompts may attach a VMR plan (columns var_stage/var_split/var_k): full | prefix | suffix
+  rollout   token pyramids with per-token log-probs (CFG, top-k/top-p); N rows; the loss mask = the stage's scales
+  reward    decode -> images -> RewardManager(RewardInput(images=...)) -> rewards [N] + spatial extras (boxes)
+  advantage algo.estimate over the groups -> mods.shape_advantages (VMR: soft values of the prefixes)
+  update    teacher-forcing log-probs [n,T] -> algo.policy_loss × mods.token_weights (scale_reweight, var_mask)
+            -> algo.aggregate -> optimizer step; then log / checkpoint
+Batch extras the modifiers read: scale_idx [N,T], scale_hw [N,S,2], image_hw [N,2], prefix_id [N], and every
+reward extra (boxes [N,K,4] NaN-padded, saliency [N,H,W], numbers [N]). Run-directory rules, signals and
+checkpoints are the text trainer's (rltune/trainer.py, rltune/train/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rltune import algo
+from rltune.config.load import RecipeError, dump_recipe
+from rltune.config.schema import AlgoConfig, Recipe
+from rltune.data.batch import PromptBatch, RolloutBatch
+from rltune.data.prompts import PromptLoader, load_rows
+from rltune.logging import MetricLogger
+from rltune.models.var import VarPolicy, VarSample, build_var_policy, sample_var, scale_index, token_logprobs
+from rltune.modifiers.base import AdvantageContext, GradView, LossContext, PromptContext, RewardContext, StepState
+from rltune.modifiers.pipeline import ModifierPipeline
+from rltune.ops import entropy_from_logits, masked_mean
+from rltune.reward import RewardInput, RewardManager
+from rltune.train import checkpoint as ckpt
+from rltune.train.torch_engine import TorchEngine
+from rltune.trainer import Trainer, TrainingDivergedError, _minibatches, _seed_everything, _step_seed, _timer
+from rltune.watchdog import Watchdog
+
+STAGES = ("full", "prefix", "suffix")
+LAYOUT_KEYS = ("scale_idx", "scale_hw", "image_hw", "prefix_id")
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """How one step samples (spec §1.3.2): `full` = G independent pyramids per prompt; `prefix` = G prefixes
+    (scales < split) per prompt, each completed k times; `suffix` = one prefix per prompt completed G times."""
+
+    stage: str = "full"
+    split: int = 0
+    k: int = 1
+
+
+class VarTrainer:
+    def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
+        self.recipe, self.base_dir = recipe, Path(base_dir)
+        r = recipe
+        _check_supported(r)
+        self.run_dir = Path(r.run.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        # Same run-directory rules as the text trainer (refuse an existing run unless resume/overwrite).
+        resume_from = Trainer._prepare_run_dir(self, resume, overwrite)
+        if r.run.threads:
+            torch.set_num_threads(r.run.threads)
+        _seed_everything(r.run.seed)
+
+        # One device: the GPU when there is one (the real-size recipe), else the CPU; batches live on the CPU and
+        # cross to the device at the model's boundary (_sample, _decode, _logits).
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model: VarPolicy = build_var_policy(r.model.var, seed=r.run.seed)
+        self.ref_model = None
+        if r.algo.kl_coef > 0:  # the reference is the starting policy (also when resuming), frozen
+            self.ref_model = copy.deepcopy(self.model).requires_grad_(False).eval().to(self.device)
+        if resume_from is not None:
+            self._load_weights(resume_from / "model")
+        self.model.to(self.device)
+        self.scales = self.model.scales
+        self.layout = scale_index(self.scales)                                       # [T]
+        with torch.no_grad():
+            self.image_hw = tuple(self._decode(torch.zeros(1, self.layout.numel(), dtype=torch.long)).shape[-2:])
+        self.rewards = RewardManager(r.rewards, base_dir=self.base_dir)
+        self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
+        self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, None, r.run.seed)
+        self.eval_rows = self._load_eval_rows()
+        self.engine = TorchEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
+        self.step = 0
+        self.best: tuple[float, int] | None = None
+        if resume_from is not None:
+            self._load_state(ckpt.load_state(resume_from))
+        self._stop_signal: str | None = None
+        self._skipped_in_a_row = 0
+        self._last_samples: list[dict[str, Any]] = []
+        self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)
+        self.logger: MetricLogger | None = None
+
+    @property
+    def stopped_by(self) -> str | None:
+        return self._stop_signal
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def fit(self) -> dict[str, Any]:
+        r = self.recipe
+        self.logger = MetricLogger(r.logging, self.run_dir, r.run.steps, r.model_dump(mode="json"), self.step,
+                                   r.run.name)
+        (self.run_dir / "recipe.yaml").write_text(dump_recipe(r))
+        last: dict[str, Any] = {}
+        with Trainer._signals(self):  # SIGINT/SIGTERM: finish the step, checkpoint, return
+            if self.step == 0 and self.eval_rows is not None:
+                last = self.evaluate()
+                self.logger.log(0, last)
+            while self.step < r.run.steps and self._stop_signal is None:
+                last = self.train_step()
+                self.step += 1
+                self._check_diverged(last)
+                if self.eval_rows is not None and ((r.run.eval_interval and self.step % r.run.eval_interval == 0)
+                                                   or self.step == r.run.steps):
+                    last |= self.evaluate()
+                    if self.best is None or last["eval/accuracy"] > self.best[0]:
+                        self.best = (last["eval/accuracy"], self.step)
+                self.logger.log(self.step, last, samples=self._last_samples)
+                if self.step % r.run.log_interval == 0 or self.step == r.run.steps:
+                    self.logger.progress(self.step, last)
+                if r.run.save_interval and self.step % r.run.save_interval == 0:
+                    self.save_checkpoint()
+            path = self.save_checkpoint()
+            if self._stop_signal is not None:
+                self.logger.print(f"[yellow]{self._stop_signal}: stopped after step {self.step}; saved {path}[/]",
+                                  always=True)
+            else:
+                self.export(self.run_dir / "final")
+        self.logger.close()
+        self.watchdog.close()
+        return last
+
+    def _check_diverged(self, metrics: dict[str, Any]) -> None:
+        """As the text trainer: steps with non-finite gradients are skipped; too many in a row stop the run."""
+        self._skipped_in_a_row = self._skipped_in_a_row + 1 if metrics.get("train/skipped_step") else 0
+        if self._skipped_in_a_row >= self.recipe.train.max_skipped_steps:
+            self.logger.log(self.step, metrics)
+            self.logger.close()
+            self.watchdog.close()
+            raise TrainingDivergedError(
+                f"{self._skipped_in_a_row} steps in a row had a non-finite gradient (last at step {self.step}); "
+                f"weights were not updated by them. Last good checkpoint: {ckpt.find_latest(self.ckpt_root) or 'none'}"
+                ". Lower train.lr, set train.max_grad_norm, or check rewards/modifiers; then `--resume`.")
+
+    @contextlib.contextmanager
+    def _phase(self, timers: dict[str, float], key: str):
+        with self.watchdog.watch(key), _timer(timers, key):
+            yield
+
+    def train_step(self) -> dict[str, Any]:
+        r, a = self.recipe, self.recipe.algo
+        state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
+        torch.manual_seed(_step_seed(r.run.seed, self.step))  # a resumed run draws what the uninterrupted one drew
+        timers: dict[str, float] = defaultdict(float)
+        t_step = time.perf_counter()
+
+        # -- rollout: B prompts -> (modifiers may attach a VMR plan) -> N token pyramids with per-token log-probs
+        with self._phase(timers, "time/rollout"):
+            prompts = self.loader.next(r.rollout.prompts_per_step)
+            prompts = self.mods.on_prompts(prompts, PromptContext(state, None, r.rollout.samples_per_prompt))
+            plan = self._plan(prompts)
+            batch, cond, sample_lp = self._rollout(prompts, plan)
+        # -- reward: decode -> images -> scores [N,K] -> rewards [N]; spatial extras (boxes) ride in batch.extras
+        with self._phase(timers, "time/reward"):
+            with torch.no_grad():
+                images = self._decode(batch.response_ids)
+            result = self.rewards(_reward_input(batch, images, self.step))
+            batch.extras.update(_reward_extras(result.extras, len(batch)))
+            raw = result.rewards
+            rewards = self.mods.shape_rewards(raw.clone(), RewardContext(batch, raw, result.scores, state))
+
+        mask = batch.response_mask
+        need = self.mods.requires
+        old_logprobs = entropy = ref_logprobs = None
+        if "entropy" in need or "old_logprobs" in need or a.kl_coef > 0 or a.updates_per_step > 1:
+            with self._phase(timers, "time/old_logprobs"):
+                old_logprobs, entropy, ref_logprobs = self._score(batch.response_ids, cond)
+
+        # -- advantage: group statistics of the rewards -> [N,T] (0 outside the stage's scales), then modifiers
+        #    (VMR replaces a prefix step's advantages by the prefixes' soft values); token weights/masks once for the
+        #    whole batch so token-mean does not depend on the micro-batch split
+        with self._phase(timers, "time/advantage"):
+            advantages, _ = algo.estimate(a.advantage, rewards, batch.group_id, mask, scale=a.scale_rewards,
+                                          eps=a.std_eps, gamma=a.gamma, lam=a.lam)
+            ctx = AdvantageContext(batch, rewards, raw, mask, batch.group_id, state, old_logprobs, entropy,
+                                   dict(batch.extras))
+            advantages = self.mods.shape_advantages(advantages, ctx)
+            base = old_logprobs if old_logprobs is not None else batch.rollout_logprobs
+            tw = self.mods.token_weights(LossContext(torch.arange(len(batch)), base, base, advantages, mask, state,
+                                                     entropy, dict(batch.extras), total_rows=len(batch)))
+            loss_mask = mask & tw.mask if tw.mask is not None else mask
+
+        # -- update: teacher-forcing log-probs, clipped surrogate × token weights, aggregate, optimizer step
+        with self._phase(timers, "time/update"):
+            stats = self._update(batch, cond, advantages, loss_mask, tw.weight, old_logprobs, ref_logprobs, state)
+
+        metrics = self._step_metrics(batch, result, raw, rewards, advantages, loss_mask, tw.weight, sample_lp, plan)
+        metrics |= stats | timers
+        metrics["time/step"] = time.perf_counter() - t_step
+        metrics |= self.mods.on_step_end(metrics, state)
+        order = torch.argsort(torch.nan_to_num(raw, nan=-math.inf), descending=True).tolist()
+        self._last_samples = [{"prompt": batch.prompts[i], "reward": _finite(raw[i])} for i in order[:2] + order[-2:]]
+        return metrics
+
+    # --------------------------------------------------------------------------------------- rollout
+    def _plan(self, prompts: PromptBatch) -> RolloutPlan:
+        """The step's sampling plan from the prompt columns a modifier (VMR) set; `full` without them."""
+        if "var_stage" not in prompts.meta:
+            return RolloutPlan()
+        cols = {k: set(prompts.meta[k]) for k in ("var_stage", "var_split", "var_k")}
+        if any(len(v) != 1 for v in cols.values()):
+            raise ValueError(f"every prompt of a step must share one rollout plan, got {cols}")
+        stage, split, k = (next(iter(cols[c])) for c in ("var_stage", "var_split", "var_k"))
+        if stage not in STAGES or not 0 < int(split) < len(self.scales) or int(k) < 1:
+            raise ValueError(f"bad VAR rollout plan stage={stage!r} split={split} k={k}: need a stage in {STAGES}, "
+                             f"0 < split < {len(self.scales)} scales, k ≥ 1")
+        return RolloutPlan(stage, int(split), int(k))
+
+    def _rollout(self, prompts: PromptBatch, plan: RolloutPlan) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor]:
+        """N rows of the plan -> (batch, cond [N], sampled-distribution log-probs [N,T])."""
+        r, vc = self.recipe, self.recipe.model.var
+        labels = torch.tensor([int(x) for x in prompts.meta[vc.label_column]], dtype=torch.long)
+        if labels.min() < 0 or labels.max() >= self.model.num_classes:
+            raise ValueError(f"class labels must be in [0, {self.model.num_classes}); got {labels.tolist()}")
+        B, G = len(prompts), r.rollout.samples_per_prompt
+        kw = dict(temperature=r.rollout.temperature, top_k=r.rollout.top_k, top_p=r.rollout.top_p, cfg=vc.cfg,
+                  cfg_schedule=vc.cfg_schedule)
+        T, m = self.layout.numel(), plan.split
+        if plan.stage == "full":
+            per, cond = G, labels.repeat_interleave(G)
+            s = self._sample(cond, **kw)
+            prefix_id, active = torch.arange(B * G), torch.ones(T, dtype=torch.bool)
+        elif plan.stage == "prefix":  # G prefixes per prompt, each completed k times (for V_m, spec §1.3.2)
+            per, pre_cond = G * plan.k, labels.repeat_interleave(G)
+            pre = self._sample(pre_cond, stop_scale=m, **kw)
+            cond = pre_cond.repeat_interleave(plan.k)
+            s = self._sample(cond, prefix=pre.tokens.repeat_interleave(plan.k, 0), start_scale=m, **kw)
+            prefix_id, active = torch.arange(B * G).repeat_interleave(plan.k), self.layout < m
+        else:  # suffix: one prefix per prompt, G completions from the shared s_m (group key = the prefix)
+            per, cond = G, labels.repeat_interleave(G)
+            pre = self._sample(labels, stop_scale=m, **kw)
+            s = self._sample(cond, prefix=pre.tokens.repeat_interleave(G, 0), start_scale=m, **kw)
+            prefix_id, active = torch.arange(B).repeat_interleave(G), self.layout >= m
+        N = cond.shape[0]
+        H, W = self.image_hw
+        extras = {"scale_idx": self.layout.expand(N, T).clone(), "prefix_id": prefix_id,
+                  "scale_hw": torch.tensor(self.scales).expand(N, -1, -1).clone(),
+                  "image_hw": torch.tensor([H, W]).expand(N, 2).clone()}
+        rep = lambda xs: [x for x in xs for _ in range(per)]  # noqa: E731
+        batch = RolloutBatch(
+            prompt_ids=cond[:, None], prompt_mask=torch.ones(N, 1, dtype=torch.bool), response_ids=s.tokens,
+            response_mask=active.expand(N, T).clone(), response_len=torch.full((N,), T), rollout_logprobs=s.logprobs,
+            group_id=torch.arange(B).repeat_interleave(per), truncated=torch.zeros(N, dtype=torch.bool),
+            prompts=rep(prompts.prompts), completions=[f"<image {H}x{W}>"] * N,
+            meta={k: rep(v) for k, v in prompts.meta.items()}, weight_version=self.step, extras=extras)
+        return batch, cond, s.sample_logprobs
+
+    def _sample(self, cond: torch.Tensor, prefix: torch.Tensor | None = None, **kw) -> VarSample:
+        s = sample_var(self.model, cond.to(self.device), prefix=None if prefix is None else prefix.to(self.device),
+                       **kw)
+        return VarSample(s.tokens.cpu(), s.logprobs.cpu(), s.sample_logprobs.cpu())
+
+    @torch.no_grad()
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(tokens.to(self.device)).float().cpu()
+
+    def _logits(self, model, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Teacher-forcing logits [n,T,V] on the device (fp32)."""
+        return model(tokens.to(self.device), cond.to(self.device)).float()
+
+    @torch.no_grad()
+    def _score(self, tokens: torch.Tensor, cond: torch.Tensor):
+        """Old-policy log-probs and entropy, and the reference's log-probs, [N,T] each (no grad)."""
+        olds, ents, refs = [], [], []
+        for rows in torch.arange(tokens.shape[0]).split(self.recipe.train.micro_batch_size):
+            tok = tokens[rows].to(self.device)
+            logits = self._logits(self.model, tok, cond[rows])
+            olds.append(token_logprobs(logits, tok).cpu())
+            ents.append(entropy_from_logits(logits).cpu())
+            if self.ref_model is not None:
+                refs.append(token_logprobs(self._logits(self.ref_model, tok, cond[rows]), tok).cpu())
+        return torch.cat(olds), torch.cat(ents), (torch.cat(refs) if refs else None)
+
+    # ---------------------------------------------------------------------------------------- update
+    def _update(self, batch, cond, advantages, loss_mask, weight, old_logprobs, ref_logprobs, state) -> dict:
+        r, a = self.recipe, self.recipe.algo
+        tokens, T = batch.response_ids, batch.response_ids.shape[1]
+        acc: dict[str, float] = defaultdict(float)
+        plan = _minibatches(len(batch), a.ppo_epochs, a.mini_batches)
+        for mini in plan:
+            denom = algo.global_denominators(loss_mask[mini])
+            agg = functools.partial(algo.aggregate, mode=a.loss_agg, scale_constant=T, **denom)
+            for rows in mini.split(r.train.micro_batch_size):
+                dv = lambda x: None if x is None else x[rows].to(self.device)  # noqa: E731
+                logits = self._logits(self.model, tokens[rows], cond[rows])
+                m = dv(loss_mask)
+                loss, lp, old, clipped = policy_loss(logits, dv(tokens), dv(old_logprobs), dv(advantages), m,
+                                                     dv(weight), a, agg)
+                acc["loss/policy"] += float(loss.detach())
+                if a.kl_coef > 0:
+                    kl = agg(algo.kl_penalty(lp, dv(ref_logprobs), a.kl_estimator), m)
+                    loss = loss + a.kl_coef * kl
+                    acc["algo/kl"] += float(kl.detach())
+                if a.entropy_coef:
+                    loss = loss - a.entropy_coef * agg(entropy_from_logits(logits), m)
+                ctx = LossContext(rows, lp, old, dv(advantages), m, state, None,
+                                  {k: dv(v) for k, v in batch.extras.items()}, total_rows=len(mini))
+                for name, term in self.mods.extra_loss(ctx).items():
+                    loss = loss + term
+                    acc[f"loss/{name}"] += float(term.detach())
+                self.engine.backward(loss)
+                if m.any():
+                    share = float(m.sum()) / max(1.0, denom["num_tokens"])
+                    acc["algo/clip_frac"] += float(masked_mean(clipped.float(), m)) * share
+                    acc["algo/ppo_kl"] += float(masked_mean(old - lp.detach(), m)) * share
+            self.mods.on_gradients(GradView(self.engine.named_parameters()), state)
+            if not self.engine.grads_finite():
+                self.engine.skip_step()
+                acc["train/skipped_step"] += 1.0
+                continue
+            acc["train/grad_norm"] += self.engine.step()
+            acc["train/optimizer_steps"] += 1.0
+        out = {k: v / len(plan) for k, v in acc.items()}
+        out["train/lr"] = self.engine.lr
+        return out
+
+    # ------------------------------------------------------------------------------------ eval / metrics
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean first reward on the held-out prompts, G samples each, with a fixed sampling seed (the run's RNG
+        state is saved and restored, so evaluating does not change training draws)."""
+        r, vc = self.recipe, self.recipe.model.var
+        t0 = time.perf_counter()
+        rows, G = self.eval_rows, r.rollout.samples_per_prompt
+        labels = torch.tensor([int(x) for x in rows[vc.label_column]]).repeat_interleave(G)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(r.run.seed + 99_991)
+            s = self._sample(labels, temperature=r.rollout.temperature, top_k=r.rollout.top_k,
+                             top_p=r.rollout.top_p, cfg=vc.cfg, cfg_schedule=vc.cfg_schedule)
+        n = labels.shape[0]
+        meta = {k: [x for x in v for _ in range(G)] for k, v in rows.items()}
+        inp = RewardInput(prompts=meta[r.data.prompt_column], completions=[""] * n,
+                          completion_ids=s.tokens.tolist(), meta=meta, step=self.step, images=self._decode(s.tokens))
+        res = self.rewards(inp)
+        out = {"eval/accuracy": float(torch.nanmean(res.scores[:, 0]))}
+        for k, spec in enumerate(r.rewards):
+            out[f"eval/reward/{spec.metric_name}"] = float(torch.nanmean(res.scores[:, k]))
+        out["time/eval"] = time.perf_counter() - t0
+        return out
+
+    def _step_metrics(self, batch, result, raw, rewards, advantages, loss_mask, weight, sample_lp, plan) -> dict:
+        m = loss_mask
+        w = (weight if weight is not None else torch.ones_like(advantages)) * m
+        per_scale = torch.zeros(len(self.scales)).index_add_(0, self.layout, w.sum(0).float())
+        out = {
+            "reward/mean": float(torch.nanmean(raw)),
+            "reward/shaped_mean": float(torch.nanmean(rewards)),
+            "reward/unscorable_frac": float(torch.isnan(raw).float().mean()),
+            "algo/adv_abs_mean": float(masked_mean(advantages.abs(), m)) if m.any() else 0.0,
+            "rollout/stage": float(STAGES.index(plan.stage)),
+            "rollout/rows": float(len(batch)),
+            # gap between the sampled distribution (CFG, top-k/p) and the trained one (spec §1.5)
+            "rollout/sample_logprob_gap": float(masked_mean(sample_lp - batch.rollout_logprobs, batch.response_mask)),
+            "perf/tokens": int(m.sum()),
+            **result.metrics,
+        }
+        total = float(per_scale.sum()) or 1.0
+        out |= {f"algo/scale_weight/{t}": float(v) / total for t, v in enumerate(per_scale)}
+        return out
+
+    # --------------------------------------------------------------------------------- state and files
+    def _load_eval_rows(self) -> dict[str, list] | None:
+        d = self.recipe.data
+        if d.eval_source is None and not d.source.startswith("builtin:"):
+            return None
+        ds = load_rows(d, d.eval_split, source=d.eval_source or d.source, base_dir=self.base_dir)
+        if d.eval_size:
+            ds = ds.select(range(min(d.eval_size, len(ds))))
+        return ds.to_dict()
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        # A frozen decoder (the official VQVAE) is not saved with every checkpoint: it never changes.
+        return {k: v for k, v in self.model.state_dict().items() if not k.startswith("vae.")}
+
+    def _save_model(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(self._weights(), out / "model.pt")
+
+    def _load_weights(self, folder: Path) -> None:
+        missing, unexpected = self.model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"),
+                                                         strict=False)
+        bad = [k for k in missing if not k.startswith("vae.")] + list(unexpected)
+        if bad:
+            raise RecipeError(f"checkpoint {folder} does not match model.var: {bad[:5]}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "engine": self.engine.state_dict(), "loader": self.loader.state_dict(),
+                "modifiers": self.mods.state_dict(), "best": self.best,
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}}
+
+    def _load_state(self, sd: dict[str, Any]) -> None:
+        self.step = sd["step"]
+        self.engine.load_state_dict(sd["engine"])
+        self.loader.load_state_dict(sd["loader"])
+        self.mods.load_state_dict(sd["modifiers"])
+        self.best = sd.get("best")
+        torch.set_rng_state(sd["rng"]["torch"])
+        random.setstate(sd["rng"]["python"])
+        np.random.set_state(sd["rng"]["numpy"])
+
+    def save_checkpoint(self) -> Path:
+        with self.watchdog.watch("checkpoint"):
+            return ckpt.save_checkpoint(self.ckpt_root, self.step, self._save_model, self.state_dict(),
+                                        self.recipe.run.keep_last)
+
+    def export(self, out: Path) -> None:
+        self._save_model(out)
+        (out / "recipe.yaml").write_text(dump_recipe(self.recipe))
+
+
+def policy_loss(logits: torch.Tensor, tokens: torch.Tensor, old_logprobs: torch.Tensor | None,
+                advantages: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None, a: AlgoConfig, agg):
+    """The clipped policy loss of one micro-batch, spec §0.2: agg(ℓ_PG · w, mask).
+
+    logits [n,T,V] (with grad), tokens [n,T], old_logprobs [n,T] or None (on-policy single update: the old policy
+    is the current one, so the ratio is 1 with the right gradient), advantages [n,T], mask [n,T] bool, weight [n,T]
+    or None (= 1). agg(losses, mask) reduces to a scalar (algo.aggregate with the step's denominators).
+    Returns (loss, logprobs [n,T] with grad, old [n,T], clipped [n,T])."""
+    lp = token_logprobs(logits, tokens)
+    old = lp.detach() if old_logprobs is None else old_logprobs
+    pg, clipped = algo.policy_loss(a.policy_loss, lp, old, advantages, mask, clip_low=a.clip_low,
+                                   clip_high=a.clip_high, dual_clip_c=a.dual_clip_c)
+    if weight is not None:
+        pg = pg * weight
+    return agg(pg, mask), lp, old, clipped
+
+
+def _check_supported(r: Recipe) -> None:
+    """Options of the text trainer that the VAR trainer does not implement fail at start, naming the key."""
+    a = r.algo
+    unsupported = {
+        "algo.advantage=gae / critic": a.advantage == "gae" or r.critic is not None,
+        "algo.kl_placement=reward": a.kl_coef > 0 and a.kl_placement == "reward",
+        "algo.kl_controller=adaptive": a.kl_controller == "adaptive",
+        "algo.dynamic_sampling": a.dynamic_sampling.enabled,
+        "algo.mask_truncated": a.mask_truncated,
+        "cluster.rollout_workers": r.cluster.rollout_workers > 0,
+        "model.lora": r.model.lora is not None,
+        "sft": r.sft is not None,
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise RecipeError(f"model.kind: var does not support {', '.join(bad)} (rltune/visual/var_trainer.py); "
+                          "remove them from the recipe")
+
+
+def _reward_input(batch: RolloutBatch, images: torch.Tensor, step: int) -> RewardInput:
+    return RewardInput(prompts=batch.prompts, completions=batch.completions, completion_ids=batch.completion_ids,
+                       meta=batch.meta, step=step, images=images)
+
+
+def _reward_extras(extras: dict[str, list], n: int) -> dict[str, torch.Tensor]:
+    """Reward extras (`<reward>/<key>` -> [N] values) as batch tensors under `<key>`: per-sample arrays of one shape
+    are stacked ([N,...]); lists of [x0,y0,x1,y1] boxes are padded with NaN rows ([N,K,4]); numbers give [N]."""
+    out: dict[str, torch.Tensor] = {}
+    for full, vals in extras.items():
+        key = full.rsplit("/", 1)[-1]
+        if key in out or key in LAYOUT_KEYS:
+            raise ValueError(f"reward extra {full!r}: the batch already has extras[{key!r}]; rename one of them")
+        if all(isinstance(v, torch.Tensor) or isinstance(v, np.ndarray) for v in vals):
+            out[key] = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in vals])
+        elif all(isinstance(v, (list, tuple)) for v in vals):
+            k = max([len(v) for v in vals] + [1])
+            t = torch.full((n, k, 4), math.nan)
+            for i, boxes in enumerate(vals):
+                if boxes:
+                    t[i, : len(boxes)] = torch.tensor([list(b) for b in boxes], dtype=torch.float32).view(-1, 4)
+            out[key] = t
+        else:
+            out[key] = torch.tensor([math.nan if v is None else float(v) for v in vals], dtype=torch.float32)
+    return out
+
+
+def _finite(x: torch.Tensor) -> float | None:
+    v = float(x)
+    return v if math.isfinite(v) else None
