@@ -17,10 +17,8 @@ Warm-up steps (default 3) are dropped; s/step median/p90, completion tokens/s, p
 MFU are computed over the timed steps (default 10). With a random-init model ~70% of completions run to the 32-token cap
 (a throughput test, not a learning one).
 
-rltune's single-process trainer has no device setting (load_policy leaves the model where from_pretrained puts it:
-the CPU, and the trainer hands the update CPU tensors). For this check the rltune child moves the policy to the device
-right after loading and moves the update inputs with it; the update is then CUDA-synchronised so time/update holds the
-optimizer step. Nothing else of rltune is changed (see `rltune_device_shim` in the JSON).
+rltune runs on the GPU through its own `run.device` setting; the harness only adds a CUDA synchronise after each
+update so time/update holds the optimizer step's kernels (timing, not behaviour).
 
 Self-contained: imports nothing from ../shared (the TRL config mirrors shared/bench/trl_baseline/trl_grpo.py).
 
@@ -33,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import json
 import os
 import platform
@@ -196,15 +193,6 @@ def role_peak(s: dict) -> dict:
             "timing": "best of 3 batches of reps, after 5 warm-up matmuls, synchronised", **device_info(dev)}
 
 
-def _to_device(x, dev: str):
-    """A copy of rltune's UpdateInputs with every tensor on `dev` (the original, on the CPU, is left as it is)."""
-    import torch
-
-    mv = lambda t: t.to(dev, non_blocking=True) if isinstance(t, torch.Tensor) else t  # noqa: E731
-    fields = {f.name: mv(getattr(x, f.name)) for f in dataclasses.fields(x) if f.name != "extras"}
-    return dataclasses.replace(x, **fields, extras={k: mv(v) for k, v in x.extras.items()})
-
-
 def role_rltune(s: dict) -> dict:
     import torch
 
@@ -216,7 +204,8 @@ def role_rltune(s: dict) -> dict:
     steps = s["warmup"] + s["timed"]
     recipe = recipe_from_dict({
         "run": {"name": "gpu-vs-trl", "seed": s["seed"], "output_dir": str(run_dir), "steps": steps,
-                "eval_interval": 0, "save_interval": 0, "threads": s["threads"]},
+                "eval_interval": 0, "save_interval": 0, "threads": s["threads"],
+                "device": "cuda" if dev.startswith("cuda") else "cpu"},
         "model": {"path": s["model_dir"], "dtype": s["dtype"]},
         # eval runs once before and once after fit()'s steps (outside time/step); 16 rows keep it short
         "data": {"source": "builtin:addition", "task_args": {"digits": 3}, "shuffle": False, "eval_size": 16},
@@ -229,19 +218,9 @@ def role_rltune(s: dict) -> dict:
         "logging": {"console": False, "jsonl": True},
     }, source="bench/gpu_vs_trl.py")
 
-    # --- device shim (rltune has no device option): the policy goes to `dev` as it is loaded, so the optimizer is
-    #     built on device parameters; HFEngine already sends prompts to the model's device and brings results back.
-    orig_load = rt.load_policy
-
-    def load_on_device(*a, **k):
-        m, t = orig_load(*a, **k)
-        return m.to(dev), t
-
-    rt.load_policy = load_on_device
     t0 = time.perf_counter()
     trainer = rt.Trainer(recipe, base_dir=ROOT, overwrite=True)
     load_s = time.perf_counter() - t0
-    rt.load_policy = orig_load
     model = trainer.model
     n_params = sum(p.numel() for p in model.parameters())
     assert next(model.parameters()).device.type == torch.device(dev).type
@@ -253,8 +232,8 @@ def role_rltune(s: dict) -> dict:
         am = x.attention_mask
         upd_tokens.append({"tokens": int(am.sum()), "padded_tokens": int(am.numel()), "rows": int(am.shape[0]),
                            "width": int(am.shape[1])})
-        out = orig_update(_to_device(x, dev), plan, spec, state, mods)
-        sync(dev)  # the optimizer step's kernels belong to time/update
+        out = orig_update(x, plan, spec, state, mods)
+        sync(dev)  # timing only: the optimizer step's queued kernels belong to time/update
         return out
 
     trainer.engine.update = update
@@ -621,11 +600,8 @@ def main() -> None:
         return a.budget_s - (time.perf_counter() - T0)
 
     res: dict = {"started": started, "settings": {k: v for k, v in s.items() if k not in ("work", "model_dir")},
-                 "rltune_device_shim": "rltune's single-process trainer has no device option (the policy stays on "
-                 "the CPU, UpdateInputs are CPU tensors): the rltune child moves the policy to --device as it is "
-                 "loaded (rltune.trainer.load_policy wrapped) and a device copy of UpdateInputs into "
-                 "TorchEngine.update, then CUDA-synchronises so time/update holds the optimizer step. Rollout, reward, "
-                 "advantage and update code are rltune's own.",
+                 "rltune_device": "run.device (rltune's own); the harness synchronises CUDA after each update so "
+                 "time/update holds the optimizer step",
                  "errors": {}}
     log("[build] random-init model ...")
     b = run_child("build", spec, work, env, min(180, left()))

@@ -83,7 +83,9 @@ class Trainer:
         actor_start = start
         if resume_from is not None and r.model.lora is None:
             start = str(resume_from / "model")
+        self.device = _device(r.run.device)
         self.model, self.tok = load_policy(r.model, path=start, seed=r.run.seed)
+        self.model.to(self.device)
         if resume_from is not None and r.model.lora is not None:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
@@ -94,6 +96,7 @@ class Trainer:
         if r.algo.kl_coef > 0 and r.model.lora is None:
             self.ref_model, _ = load_policy(r.model, path=r.sft.output_dir if r.sft else None, seed=r.run.seed,
                                             trainable=False)
+            self.ref_model.to(self.device)
 
         self.rewards = RewardManager(r.rewards, base_dir=self.base_dir)
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
@@ -333,7 +336,7 @@ class Trainer:
         olds, ents, refs = [], [], []
         mb = min(r.train.micro_batch_size, len(batch))
         for lo in range(0, len(batch), mb):
-            ids, attn = batch.input_ids[lo:lo + mb], batch.attention_mask[lo:lo + mb]
+            ids, attn = batch.input_ids[lo:lo + mb].to(self.device), batch.attention_mask[lo:lo + mb].to(self.device)
             lp, ent = response_logprobs(self.model, ids, attn, T, r.rollout.temperature, entropy)
             olds.append(lp)
             ents.append(ent)
@@ -343,7 +346,7 @@ class Trainer:
                 else:  # LoRA: the frozen base without the adapter is the reference
                     with self.model.disable_adapter():
                         refs.append(response_logprobs(self.model, ids, attn, T, r.rollout.temperature)[0])
-        cat = lambda xs: torch.cat(xs) if xs and xs[0] is not None else None  # noqa: E731
+        cat = lambda xs: torch.cat(xs).cpu() if xs and xs[0] is not None else None  # noqa: E731
         return cat(olds), cat(ents), cat(refs)
 
     # ------------------------------------------------------------------------------------ eval / metrics
@@ -419,7 +422,8 @@ class Trainer:
             "best": self.best,
             "kl_ctl": self.kl_ctl.state_dict(),
             "critic": self.critic.state_dict() if self.critic is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
 
     def _load_state(self, sd: dict[str, Any]) -> None:
@@ -436,6 +440,8 @@ class Trainer:
         torch.set_rng_state(sd["rng"]["torch"])
         random.setstate(sd["rng"]["python"])
         np.random.set_state(sd["rng"]["numpy"])
+        if sd["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(sd["rng"]["cuda"])
 
     def save_checkpoint(self) -> Path:
         with self.watchdog.watch("checkpoint"):
@@ -570,6 +576,15 @@ def _flat_groups(raw: torch.Tensor, group_id: torch.Tensor) -> float:
 def _minibatches(n: int, epochs: int, mini_batches: int) -> list[torch.Tensor]:
     """Row indices of each optimizer step: `epochs` passes over the batch, each cut in order into `mini_batches`."""
     return [rows for _ in range(epochs) for rows in torch.arange(n).chunk(mini_batches)]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunDirError("run.device=cuda but torch sees no GPU (torch.cuda.is_available() is False); use "
+                          "run.device=auto or cpu, or install a CUDA build of torch")
+    return torch.device(name)
 
 
 def _step_seed(seed: int, step: int) -> int:

@@ -27,6 +27,9 @@ class RunConfig(Section):
     save_interval: int = Field(0, ge=0, description="Checkpoint every k steps (0 = only at the end / on signal).")
     keep_last: PositiveInt = Field(2, description="How many step checkpoints to keep.")
     threads: int = Field(0, ge=0, description="torch intra-op threads (0 = torch's default).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the driver's policy runs (rollout, scoring, single-process training): auto = "
+        "cuda when a GPU is visible, else cpu. Training ranks (cluster.train_ranks) pick theirs from gpus_per_rank.")
     watchdog_s: float = Field(
         0.0, ge=0.0, description="Dump all stacks and name the phase when one makes no progress this long (0 = off)."
     )

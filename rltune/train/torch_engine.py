@@ -87,6 +87,9 @@ class TorchEngine:
         """One training step's optimizer steps (rltune/train/update.py); metrics averaged over the plan."""
         from rltune.train.update import finish_metrics, run_update
 
+        device = self.params[0].device
+        if device.type != "cpu":
+            x = x.to(device)
         return finish_metrics([run_update(self, mods, x, plan, spec, state)], len(plan))
 
     def named_parameters(self):

@@ -43,6 +43,13 @@ class UpdateInputs:
     def response_len(self) -> int:
         return self.advantages.shape[1]
 
+    def to(self, device: torch.device) -> "UpdateInputs":
+        """A copy with every tensor on `device` (one transfer per step; the update indexes rows there)."""
+        mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return UpdateInputs(mv(self.input_ids), mv(self.attention_mask), mv(self.advantages), mv(self.loss_mask),
+                            mv(self.rollout_logprobs), mv(self.weight), mv(self.old_logprobs), mv(self.entropy),
+                            mv(self.ref_logprobs), {k: mv(v) for k, v in self.extras.items()})
+
 
 @dataclass(frozen=True)
 class UpdateSpec:

@@ -55,6 +55,8 @@ class TrainWorker:
     def update(self, x, plan, spec, state) -> dict[str, float]:
         from rltune.train.update import run_update
 
+        if self.engine.ds.device.type != "cpu":
+            x = x.to(self.engine.ds.device)
         return run_update(self.engine, self.mods, x, plan, spec, state, self.rank, self.world_size)
 
     def weights(self):
