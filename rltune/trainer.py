@@ -270,6 +270,9 @@ class Trainer:
             if a.kl_coef > 0:
                 kl_tok = algo.kl_penalty(old_logprobs, ref_logprobs, a.kl_estimator) * mask
             token_rewards = -self.kl_ctl.coef * kl_tok if kl_tok is not None and a.kl_placement == "reward" else None
+            if "token_rewards" in batch.extras:  # per-token rewards from the rollout (e.g. per-turn env rewards)
+                env_tr = batch.extras["token_rewards"] * mask
+                token_rewards = env_tr if token_rewards is None else token_rewards + env_tr
             advantages, returns = algo.estimate(a.advantage, rewards, batch.group_id, mask, values=values,
                                                 token_rewards=token_rewards, gamma=a.gamma, lam=a.lam,
                                                 scale=a.scale_rewards, eps=a.std_eps)

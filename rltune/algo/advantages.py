@@ -115,8 +115,11 @@ def rloo(rewards: Tensor, group_id: Tensor, response_mask: Tensor) -> Tensor:
 def reinforce_pp(token_rewards: Tensor, response_mask: Tensor, gamma: float = 1.0) -> Tensor:
     """REINFORCE++: discounted returns, whitened over all valid tokens of the batch (Hu, 2501.03262).
 
-    G_t = r_t + γ·G_{t+1}; as in verl (VCA:582) the running return is zeroed *after* a position with
-    mask 0, so a masked token still records r_t + γG_{t+1} but does not pass it on.
+    G_t = r_t + γ·G_{t+1} over the positions with mask 1; a position with mask 0 (a multi-turn observation token,
+    or padding) takes no reward and no discount step and carries the running return through, as `gae` does, so an
+    earlier turn's tokens see the later turns' rewards. verl (VCA:582) instead zeroes the return after a mask-0
+    position, which cuts a multi-turn episode at its first observation; both agree on single-turn rows, whose
+    mask-0 positions are trailing padding.
     Shapes: token_rewards [N,T] (NaN anywhere in a row = unscorable row), response_mask [N,T]
     -> advantages [N,T]. Unscorable rows are excluded from the whitening statistics and are 0.
     """
@@ -129,9 +132,8 @@ def reinforce_pp(token_rewards: Tensor, response_mask: Tensor, gamma: float = 1.
     running = torch.zeros_like(tr[:, 0])
     # A sequential scan over T, as verl; a closed form via cumprod of γ·mask underflows for long T.
     for t in range(tr.shape[1] - 1, -1, -1):
-        running = tr[:, t] + gamma * running
+        running = torch.where(m[:, t] > 0, tr[:, t] + gamma * running, running)
         returns[:, t] = running
-        running = running * m[:, t]
     return masked_whiten(returns, m * row_ok[:, None].to(m.dtype))
 
 

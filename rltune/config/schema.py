@@ -401,9 +401,11 @@ class EnvSpec(Section):
                                           "tokens together; an episode that reaches it ends (`truncated`).")
     timeout_s: PositiveFloat | None = Field(10.0, description="Per reset/step call; a call that hangs or raises ends "
                                             "its episode with return 0 and a logged reason (None = no limit).")
-    reward: Literal["final", "sum"] = Field(
+    reward: Literal["final", "sum", "per_turn"] = Field(
         "final", description="The episode return meta['env_return'] (read by the `env_return` reward): the last "
-        "step's reward (final) or the sum over turns (sum). Per-turn rewards are in extras['turn_rewards'].")
+        "step's reward (final) or the sum over turns (sum). per_turn: the last turn's reward is the return and the "
+        "earlier turns' rewards enter the advantage estimator as token rewards at their turn's last token "
+        "(reinforce_pp/gae credit each turn; outcome estimators see the sum).")
 
 
 # -------------------------------------------------------------------------------------------- logging

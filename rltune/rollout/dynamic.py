@@ -110,7 +110,9 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         vals = []
         for b in batches:
             v, t = b.extras[k], b.response_ids.shape[1]
-            vals.append(right(v, False if v.dtype == torch.bool else 0, t) if v.ndim == 2 and v.shape[1] == t else v)
+            # step_idx pads with −1 ("no step", the EMPG convention); other per-token extras with False / 0.
+            fill = False if v.dtype == torch.bool else -1 if k == "step_idx" else 0
+            vals.append(right(v, fill, t) if v.ndim == 2 and v.shape[1] == t else v)
         return torch.cat(vals)
 
     b0 = batches[0]

@@ -204,6 +204,20 @@ class MultiTurnEngine:
             res.append((row[:k], row_lp[:k]))
         return res
 
+    def _token_rewards(self, eps, turn_rewards: torch.Tensor, failed: list[bool]) -> dict[str, torch.Tensor]:
+        """reward: per_turn: the rewards of all turns but the last travel as token rewards [N,T] (the last one is
+        the row's reward via env_return), so token-level estimators (reinforce_pp, gae) credit each turn at its own
+        last token and outcome estimators see the episode's sum; nothing counts twice."""
+        if self.spec.reward != "per_turn":
+            return {}
+        tr = turn_rewards.clone()
+        for i, (e, bad) in enumerate(zip(eps, failed)):
+            if bad:
+                tr[i] = 0.0
+            elif e.reward_pos:
+                tr[i, e.reward_pos[-1]] -= e.rewards[-1]
+        return {"token_rewards": tr}
+
     def _batch(self, prompts: PromptBatch, eps: list[_Episode], texts: list[str], n: int) -> RolloutBatch:
         N, pad = len(eps), self.inner.tok.pad_token_id
         T = max(1, max(len(e.tokens) for e in eps))
@@ -218,9 +232,9 @@ class MultiTurnEngine:
             for pos, r in zip(e.reward_pos, e.rewards):
                 turn_rewards[i, pos] += r
         prompt_ids, prompt_mask = _left_pad([e.prompt for e in eps], pad)
-        returns = [0.0 if e.end in ("timeout", "error") else
-                   (e.rewards[-1] if e.rewards else 0.0) if self.spec.reward == "final" else sum(e.rewards)
-                   for e in eps]
+        failed = [e.end in ("timeout", "error") for e in eps]
+        returns = [0.0 if bad else (e.rewards[-1] if e.rewards else 0.0) if self.spec.reward != "sum" else
+                   sum(e.rewards) for e, bad in zip(eps, failed)]
         meta = {k: [v for v in vals for _ in range(n)] for k, vals in prompts.meta.items()}
         meta |= {"env_return": returns, "env_turns": [e.turns for e in eps], "env_end": [e.end for e in eps],
                  "env_error": [e.error for e in eps]}
@@ -231,7 +245,7 @@ class MultiTurnEngine:
             truncated=torch.tensor([e.end == "max_total_tokens" for e in eps], dtype=torch.bool), prompts=texts,
             completions=self.inner.tok.batch_decode([e.tokens for e in eps], skip_special_tokens=True), meta=meta,
             weight_version=self.inner.weight_version,
-            extras={"step_idx": step_idx, "turn_rewards": turn_rewards,
+            extras={"step_idx": step_idx, "turn_rewards": turn_rewards, **self._token_rewards(eps, turn_rewards, failed),
                     "traj_id": torch.tensor([e.traj_id for e in eps], dtype=torch.long)},
         )
 

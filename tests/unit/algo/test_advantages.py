@@ -254,8 +254,8 @@ def test_reinforce_pp_loop_equals_vectorized(seed: int) -> None:
     for ri, mi in zip(r.tolist(), mask.tolist()):
         run, row = 0.0, [0.0] * t
         for k in reversed(range(t)):
-            run = ri[k] + gamma * run
+            if mi[k]:                                                   # holes carry the return through
+                run = ri[k] + gamma * run
             row[k] = run
-            run = run * mi[k]                                           # verl: reset after a masked token
         ret.append(row)
     _close(reinforce_pp(r, mask, gamma=gamma), _t(_loop_whiten(ret, mask.tolist())), atol=1e-10)

@@ -169,3 +169,25 @@ def test_an_env_whose_constructor_raises_ends_only_that_episode(caplog):
     assert int(b.response_len[1]) == 0
     assert any("episode 1 ended: building the env raised RuntimeError: no sandbox" in r.getMessage()
                for r in caplog.records)
+
+
+def test_per_turn_rewards_reach_token_level_estimators_without_double_counting():
+    from rltune import algo
+
+    eng = Scripted({"A": ["x", "y", "z"]}, use="tests/unit/envs/fakes.py:PerTurn", args={"turns": 3},
+                   reward="per_turn")
+    b = eng.generate(batch_of([2], "A"), SamplingParams(n=1))
+    tr, tok_r = b.extras["turn_rewards"][0], b.extras["token_rewards"][0]
+    ends = [i for i, v in enumerate(tr.tolist()) if v]
+    assert b.meta["env_return"] == [2.25]                        # the last turn's reward is the row's reward
+    assert tok_r[ends].tolist() == [0.25, 0.25, 0.0]              # earlier turns travel as token rewards
+    assert float(tok_r.sum()) + b.meta["env_return"][0] == pytest.approx(0.25 * 3 + 2)  # the episode's sum, once
+    # REINFORCE++ (γ = 1) return-to-go: each model token sees the rewards of its own turn and the later ones.
+    reward = b.extras["turn_rewards"].new_tensor(b.meta["env_return"])
+    adv, _ = algo.estimate("reinforce_pp", reward, b.group_id, b.response_mask, token_rewards=b.extras["token_rewards"],
+                           gamma=1.0, lam=1.0, scale="none", eps=1e-6)
+    step = b.extras["step_idx"][0]
+    first_of_turn = [int((step == k).nonzero()[0]) for k in range(3)]
+    # reinforce_pp whitens over the batch; the differences between turns survive: 0.25 more per earlier turn.
+    togo = [float(adv[0, i]) for i in first_of_turn]
+    assert togo[0] > togo[1] > togo[2]
