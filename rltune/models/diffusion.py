@@ -13,7 +13,8 @@ saturated pixels, spec §2.4).
 
 Models: a tiny UNet built from config (optionally pre-trained in-process on synthetic images, spec §2.5), or a
 Stable Diffusion 1.5 / SDXL diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/, for SDXL also
-text_encoder_2/, tokenizer_2/) loaded from a local path.
+text_encoder_2/, tokenizer_2/) loaded from a local path, or a FLUX.1-layout folder (transformer/ = a
+FluxTransformer2DModel, velocity prediction; the FLUX specifics live in diffusion_flux.FluxAdapter).
 LoRA through PEFT on the denoiser; gradient checkpointing wraps each denoising call.
 """
 
@@ -199,7 +200,8 @@ class DiffusionPolicy(nn.Module):
                  text_encoder: nn.Module | None = None, tokenizer: Any = None, vae: nn.Module | None = None,
                  guidance_scale: float = 1.0, eta: float = 1.0, flow_shift: float = 1.0, negative_prompt: str = "",
                  latent_shape: tuple[int, int, int] = (3, 16, 16), gradient_checkpointing: bool = True,
-                 text_encoder_2: nn.Module | None = None, tokenizer_2: Any = None, image_size: int | None = None):
+                 text_encoder_2: nn.Module | None = None, tokenizer_2: Any = None, image_size: int | None = None,
+                 adapter: Any = None):
         super().__init__()
         if kind not in ("ddim", "flow"):
             raise ValueError(f"diffusion kind must be ddim or flow, got {kind!r}")
@@ -208,8 +210,9 @@ class DiffusionPolicy(nn.Module):
         self.guidance_scale, self.eta, self.negative_prompt = guidance_scale, eta, negative_prompt
         self.latent_shape, self.gradient_checkpointing = tuple(latent_shape), gradient_checkpointing
         self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+        self.adapter = adapter  # FLUX: encode/denoiser call/decode (diffusion_flux.FluxAdapter); None: UNets
         self.conditional = text_encoder is not None
-        if text_encoder_2 is not None:  # SDXL micro-conditioning: original size, crop (0, 0), target size
+        if text_encoder_2 is not None and adapter is None:  # SDXL micro-conditioning: size, crop (0, 0), size
             side = image_size or latent_shape[-1] * 8
             self.register_buffer("add_time_ids", torch.tensor([side, side, 0, 0, side, side], dtype=torch.float32),
                                  persistent=False)
@@ -250,12 +253,14 @@ class DiffusionPolicy(nn.Module):
         cond = enc(prompts)
         if self.guidance_scale == 1.0:
             return cond, None
-        if self.text_encoder_2 is not None and self.negative_prompt == "":
+        if self.text_encoder_2 is not None and self.adapter is None and self.negative_prompt == "":
             # SDXL's force_zeros_for_empty_prompt (diffusers default): the empty negative prompt is all zeros
             return cond, Cond(torch.zeros_like(cond.emb), torch.zeros_like(cond.pooled))
         return cond, enc([self.negative_prompt] * len(prompts))
 
     def _encode(self, prompts: list[str]) -> Cond:
+        if self.adapter is not None:
+            return self.adapter.encode(self, prompts)
         to = lambda t: t.to(self.device, self.dtype)  # noqa: E731
         if self.tokenizer is None:
             return Cond(to(self.text_encoder(prompts)))
@@ -286,6 +291,8 @@ class DiffusionPolicy(nn.Module):
         return cfg_combine(u, c, self.guidance_scale)
 
     def _cond_call(self, x: Tensor, t: Tensor, c: Cond) -> Tensor:
+        if self.adapter is not None:
+            return self.adapter.forward(self.denoiser, x, t, c)
         if c.pooled is None:
             return self.denoiser(x, t, encoder_hidden_states=c.emb).sample
         added = {"text_embeds": c.pooled, "time_ids": self.add_time_ids.to(c.pooled.dtype).expand(x.shape[0], 6)}
@@ -299,6 +306,8 @@ class DiffusionPolicy(nn.Module):
 
     def decode(self, latents: Tensor) -> Tensor:
         """x_0 latents [N,C,h,w] -> images [N,3,H,W] in ≈[0,1], differentiable (no clamp)."""
+        if self.adapter is not None:
+            return self.adapter.decode(self.vae, latents)
         if self.vae is not None:
             vdt = next(self.vae.parameters()).dtype
             latents = self.vae.decode((latents / self.vae.config.scaling_factor).to(vdt)).sample
@@ -404,7 +413,8 @@ def _cache_dir() -> Path:
 
 def load_diffusion_policy(model_cfg: Any, seed: int = 0, device: str | torch.device = "cpu") -> DiffusionPolicy:
     """Build the recipe's policy: model.diffusion.tiny (pre-trained in-process, cached by config hash under
-    $RLTUNE_CACHE) or model.path (a local SD-1.5-layout folder). model.lora / gradient_checkpointing / dtype apply."""
+    $RLTUNE_CACHE) or model.path (a local SD-1.5/SDXL-layout folder, or FLUX.1's: diffusion_flux).
+    model.lora / gradient_checkpointing / dtype apply."""
     d = model_cfg.diffusion
     dtype = getattr(torch, model_cfg.dtype)
     if d.tiny is not None:
@@ -425,10 +435,17 @@ def load_diffusion_policy(model_cfg: Any, seed: int = 0, device: str | torch.dev
         sched, tok, vae, extra = _tiny_scheduler() if d.scheduler == "ddim" else None, None, None, {}
         shape = (3, d.tiny.sample_size, d.tiny.sample_size)
     else:
-        net, text, tok, vae, sched, shape, extra = _load_folder(model_cfg.path, d)
+        from rltune.models.diffusion_flux import is_flux_folder, load_flux_folder
+
+        net, text, tok, vae, sched, shape, extra = load_flux_folder(model_cfg) if is_flux_folder(model_cfg.path) \
+            else _load_folder(model_cfg.path, d)
     if model_cfg.lora is not None:
         add_lora(net, model_cfg.lora)
-    policy = DiffusionPolicy(net, d.scheduler, d.num_steps, sched, text, tok, vae, d.guidance_scale, d.eta,
+        for _, p in net.named_parameters():   # PEFT creates LoRA in the base's dtype (FLUX loads in model.dtype)
+            if p.requires_grad:
+                p.data = p.data.float()
+    gs = extra.pop("guidance_scale", d.guidance_scale)   # FLUX-dev: guidance is an embedding input, not CFG
+    policy = DiffusionPolicy(net, d.scheduler, d.num_steps, sched, text, tok, vae, gs, d.eta,
                              d.flow_shift, d.negative_prompt, shape, model_cfg.gradient_checkpointing, **extra)
     policy.to(device)
     # LoRA tensors stay fp32 for stable updates; the frozen base may run in half precision (AlignProp fp16).
