@@ -32,7 +32,7 @@ from rltune.config.schema import Recipe
 from rltune.data.batch import RolloutBatch
 from rltune.data.prompts import PromptLoader, load_rows
 from rltune.logging import MetricLogger
-from rltune.models.policy import load_policy
+from rltune.models.policy import load_policy, resolve_device
 from rltune.modifiers.base import (
     AdvantageContext,
     LossContext,
@@ -46,6 +46,7 @@ from rltune.reward import RewardInput, RewardManager
 from rltune.rollout.base import SamplingParams
 from rltune.rollout.dynamic import sample_groups
 from rltune.rollout.hf_engine import HFEngine
+from rltune.rollout.pool import load_synced_weights
 from rltune.train import checkpoint as ckpt
 from rltune.train.critic import Critic
 from rltune.train.torch_engine import TorchEngine, response_logprobs
@@ -83,7 +84,7 @@ class Trainer:
         actor_start = start
         if resume_from is not None and r.model.lora is None:
             start = str(resume_from / "model")
-        self.device = _device(r.run.device)
+        self.device = resolve_device(r.run.device)
         self.model, self.tok = load_policy(r.model, path=start, seed=r.run.seed)
         self.model.to(self.device)
         if resume_from is not None and r.model.lora is not None:
@@ -314,7 +315,7 @@ class Trainer:
             ref = None
             if r.cluster.train_ranks:
                 ref = self.engine.weights_ref()
-                _load_weights(self.model, ref)
+                load_synced_weights(self.model, ref)
             self.rollout.sync(self.model, self.rollout.weight_version + 1, weights_ref=ref)
 
         metrics = self._step_metrics(batch, result, raw, rewards, advantages, stats, timers)
@@ -537,19 +538,6 @@ def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, over
     return build_trainer(recipe, base_dir, resume=resume, overwrite=overwrite).fit()
 
 
-def _load_weights(model: torch.nn.Module, ref) -> None:
-    """Load weights from Ray's object store into the driver's copy (the adapter's tensors for a PEFT model)."""
-    import ray
-
-    state = ray.get(ref)
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, state)
-    else:
-        model.load_state_dict(state, strict=False)
-
-
 def _reward_input(batch: RolloutBatch, step: int) -> RewardInput:
     return RewardInput(prompts=batch.prompts, completions=batch.completions, completion_ids=batch.completion_ids,
                        meta=batch.meta, step=step)
@@ -579,15 +567,6 @@ def _flat_groups(raw: torch.Tensor, group_id: torch.Tensor) -> float:
 def _minibatches(n: int, epochs: int, mini_batches: int) -> list[torch.Tensor]:
     """Row indices of each optimizer step: `epochs` passes over the batch, each cut in order into `mini_batches`."""
     return [rows for _ in range(epochs) for rows in torch.arange(n).chunk(mini_batches)]
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RunDirError("run.device=cuda but torch sees no GPU (torch.cuda.is_available() is False); use "
-                          "run.device=auto or cpu, or install a CUDA build of torch")
-    return torch.device(name)
 
 
 def _step_seed(seed: int, step: int) -> int:

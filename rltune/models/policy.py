@@ -21,6 +21,16 @@ class ModelLoadError(RuntimeError):
     pass
 
 
+def resolve_device(name: str) -> torch.device:
+    """run.device: auto = cuda when torch sees a GPU, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("run.device=cuda but torch sees no GPU (torch.cuda.is_available() is False); use "
+                             "run.device=auto or cpu, or install a CUDA build of torch")
+    return torch.device(name)
+
+
 def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer of `path` if it has one, else the recipe's (`char` or a folder)."""
     for candidate in (path, cfg.tokenizer if cfg.tokenizer != "char" else None, cfg.path):

@@ -212,6 +212,19 @@ def _weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
+def load_synced_weights(model: torch.nn.Module, ref) -> None:
+    """Load weights from Ray's object store into a model (the adapter's tensors for a PEFT model)."""
+    import ray
+
+    state = ray.get(ref)
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+    else:
+        model.load_state_dict(state, strict=False)
+
+
 def checksum(state: dict[str, torch.Tensor]) -> float:
     """A cheap fingerprint of a set of tensors (sum of all values in float64)."""
     return float(sum(float(v.double().sum()) for v in state.values()))
