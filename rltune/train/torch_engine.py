@@ -28,18 +28,26 @@ def response_logprobs(
     `entropy_grad`, for an entropy bonus in the loss).
 
     Only the T+1 positions that predict response tokens go through the LM head (`logits_to_keep`), which is
-    where the memory of a large vocabulary goes.
+    where the memory of a large vocabulary goes. Rows that share a prompt (a GRPO group) share its forward: the
+    distinct prompts run once, their KV cache is gathered to the rows and only the responses run per row
+    (gradients flow through the shared prompt as through separate copies; tested equal to the plain forward).
     """
     T = response_len
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask.long(),
-        position_ids=position_ids,
-        logits_to_keep=T + 1,
-        use_cache=False,
-    )
-    logits = out.logits[:, :-1].float()
+    P = input_ids.shape[1] - T
+    shared = _shared_prompt_logits(model, input_ids, attention_mask, P, T) if P > 0 else None
+    if shared is not None:
+        logits = shared
+    else:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask.long(),
+            position_ids=position_ids,
+            logits_to_keep=T + 1,
+            use_cache=False,
+        )
+        logits = out.logits[:, :-1]
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     logprobs = logprobs_from_logits(logits, input_ids[:, -T:])
@@ -50,6 +58,40 @@ def response_logprobs(
         with torch.no_grad():
             ent = entropy_from_logits(logits.detach())
     return logprobs, ent
+
+
+def _shared_prompt_logits(model, input_ids, attention_mask, P: int, T: int) -> torch.Tensor | None:
+    """Logits [n,T,V] predicting the response tokens, with each distinct prompt forwarded once; None when no
+    prompt repeats or the model cannot take a KV cache here (gradient checkpointing turns the cache off)."""
+    base = getattr(model, "module", model)  # DeepSpeed wraps the module
+    flag = "is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    if getattr(base, flag, False):
+        return None
+    key = torch.cat([input_ids[:, :P], attention_mask[:, :P].long()], dim=1)
+    uniq, inv = torch.unique(key, dim=0, return_inverse=True)
+    if len(uniq) == len(key):
+        return None
+    pm = uniq[:, P:]
+    out_p = model(input_ids=uniq[:, :P], attention_mask=pm, position_ids=(pm.cumsum(-1) - 1).clamp(min=0),
+                  use_cache=True, logits_to_keep=1)
+    cache = getattr(out_p, "cache", None) or getattr(out_p, "past_key_values", None)
+    if cache is None or not hasattr(cache, "reorder_cache"):
+        return None
+    cache.reorder_cache(inv)  # index_select per layer: differentiable, so prompt gradients add up per row
+    mask = attention_mask.long()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]
+    out_r = model(input_ids=input_ids[:, P:], attention_mask=mask, position_ids=pos, use_cache=True,
+                  logits_to_keep=T, **{_cache_kwarg(base): cache})
+    # Position P−1 (the prompt's last) predicts response token 0; response positions 0..T−2 predict tokens 1..T−1.
+    return torch.cat([out_p.logits[:, -1:][inv], out_r.logits[:, :-1]], dim=1)
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x); take whichever the model's forward accepts."""
+    import inspect
+
+    params = inspect.signature(getattr(model, "get_base_model", lambda: model)().forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 class TorchEngine:

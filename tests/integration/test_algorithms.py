@@ -71,9 +71,11 @@ def test_micro_batching_does_not_change_the_update(tiny_recipe, name):
         t = _trainer(tiny_recipe, over, overwrite=True)
         t.fit()
         out.append((_weights(t.model), _weights(t.critic.model) if t.critic is not None else {}))
+    # The shared-prompt forward runs each micro-batch's distinct prompts together, so rounding differs with the
+    # micro-batch size at the 1e-6 level (lr is 1e-3: a real accumulation error would be ~1e-3).
     for a, b in zip(out[0], out[1]):
         for n in a:
-            torch.testing.assert_close(a[n], b[n], rtol=0, atol=2e-6, msg=n)
+            torch.testing.assert_close(a[n], b[n], rtol=0, atol=1e-5, msg=n)
 
 
 def test_epochs_and_mini_batches(tiny_recipe, monkeypatch):
