@@ -154,8 +154,9 @@ def child_trl(a) -> dict:
     timer = Timer()
     GRPOTrainer(model=model, reward_funcs=[math_acc], args=cfg, train_dataset=ds, processing_class=tok,
                 callbacks=[timer]).train()
-    return {"step_wall_s": timer.walls, "reward_mean": [l["reward"] for l in timer.logs if "reward" in l],
-            "completion_length_mean": [l.get("completions/mean_length") for l in timer.logs if "reward" in l],
+    logs = [l for l in timer.logs if "reward" in l]  # TRL 1.16 logs formatted strings
+    return {"step_wall_s": timer.walls, "reward_mean": [float(l["reward"]) for l in logs],
+            "completion_length_mean": [float(l.get("completions/mean_length", "nan")) for l in logs],
             "trl": trl.__version__}
 
 
@@ -198,7 +199,7 @@ def write_md(res: dict) -> str:
          f"| step walls s (first = warm-up) | {t['step_wall_s']} | {r['step_wall_s']} | | |",
          f"| load avg before run (1/5/15 min) | {t['load_avg_before_1_5_15']} | {r['load_avg_before_1_5_15']} | | |",
          f"| s/step contaminated (load > 1) | {t['s_per_step_contaminated']} | {r['s_per_step_contaminated']} | | |",
-         f"| reward mean per step | {t['reward_mean']} | {[round(x, 3) for x in r['reward_mean']]} | | |",
+         f"| reward mean per step | {[round(float(x), 3) for x in t['reward_mean']]} | {[round(x, 3) for x in r['reward_mean']]} | | |",
          f"| process wall / CPU s | {t['process_wall_s']} / {t['process_cpu_s']} | "
          f"{r['process_wall_s']} / {r['process_cpu_s']} | | |", "",
          f"Targets met: peak RSS {res['targets']['peak_rss_le_0.5']}, s/step {res['targets']['s_per_step_le_0.67']}"

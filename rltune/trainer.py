@@ -121,7 +121,8 @@ class Trainer:
             pg = self.engine.pg if c.train_ranks and c.placement == "colocated" else None
             self.rollout = RolloutPool(r.model, actor_start, c.rollout_workers, r.run.seed, r.data.max_prompt_tokens,
                                        self.tok.pad_token_id, c.address, c.cpus_per_worker, c.threads_per_worker,
-                                       c.gpus_per_worker, placement_group=pg, env=r.env)
+                                       c.gpus_per_worker, placement_group=pg, env=r.env,
+                                       restart_timeout_s=c.worker_restart_timeout_s)
         else:
             self.rollout = HFEngine(self.model, self.tok, r.data.max_prompt_tokens)
             if r.env is not None:  # multi-turn agent episodes (docs/agents.md)

@@ -431,6 +431,9 @@ class ClusterConfig(Section):
     cpus_per_worker: PositiveFloat = Field(1.0, description="Ray CPUs reserved per rollout worker.")
     threads_per_worker: PositiveInt = Field(1, description="torch threads inside each rollout worker.")
     gpus_per_worker: float = Field(0.0, ge=0.0, description="Ray GPUs per rollout worker (fractions share a GPU).")
+    worker_restart_timeout_s: PositiveFloat = Field(
+        600.0, description="How long a step waits for a dead rollout worker to come back (Ray restarts it; a large "
+        "model takes minutes to load) before the run stops with an error.")
     train_ranks: int = Field(0, ge=0, description="DeepSpeed data-parallel ranks in Ray actors (0 = train in the "
                              "driver process with the single-process engine).")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage of the training ranks: 1 shards "

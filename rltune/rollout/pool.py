@@ -84,7 +84,8 @@ class RolloutWorker:
 class RolloutPool:
     def __init__(self, model_cfg: ModelConfig, start_path: str | None, n_workers: int, seed: int,
                  max_prompt_tokens: int, pad_id: int, address: str | None = None, cpus_per_worker: float = 1.0,
-                 threads_per_worker: int = 1, gpus_per_worker: float = 0.0, placement_group=None, env=None):
+                 threads_per_worker: int = 1, gpus_per_worker: float = 0.0, placement_group=None,
+                 restart_timeout_s: float = 600.0, env=None):
         """`placement_group`: colocate worker k on bundle k of the training ranks' group (see TrainGroup)."""
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -110,6 +111,7 @@ class RolloutPool:
         self.weight_version = 0
         self._weights_ref = None  # the last pushed weights, re-sent to a restarted worker
         self.restarts = 0
+        self.restart_timeout_s = restart_timeout_s
         ray.get([w.weight_version.remote() for w in self.workers])  # fail early if a worker cannot start
 
     def generate(self, prompts: PromptBatch, params: SamplingParams) -> RolloutBatch:
@@ -164,13 +166,14 @@ class RolloutPool:
                 raise RuntimeError(f"weight sync: rollout worker {k} holds version {v} with checksum {got}, expected "
                                    f"version {version} with checksum {want}")
 
-    def _retry(self, worker, shard: PromptBatch | None, params: SamplingParams | None, timeout_s: float = 120.0):
+    def _retry(self, worker, shard: PromptBatch | None, params: SamplingParams | None, timeout_s: float | None = None):
         """Wait for a restarted worker, give it the current weights, then sample `shard` (or, with no shard, return
         what load_weights returned)."""
         import time
 
         import ray
 
+        timeout_s = self.restart_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
             try:
