@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -209,6 +210,8 @@ def run_rltune(a, model: Path, work: Path, env: dict) -> dict:
         except OSError:
             return 0
 
+    # A previous run's metrics would count as progress before --overwrite clears them (and void the CPU window).
+    shutil.rmtree(run_dir, ignore_errors=True)
     proc = run_child(cmd, env, log, prog)
     rows = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
     steps = [r for r in rows if "time/step" in r]
