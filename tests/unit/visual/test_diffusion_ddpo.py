@@ -14,14 +14,6 @@ from rltune.modifiers.ddpo import DDPO, ddim_logprob, ddim_std
 from rltune.visual.diffusion_context import DiffusionLossContext
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def test_logprob_matches_normal_and_recorded_noise():
     pol = tiny_policy("ddim", steps=4, eta=1.0)
     ro = pol.rollout(["a", "b"], torch.Generator().manual_seed(0))

@@ -20,14 +20,6 @@ LORA = {"r": 2, "alpha": 2.0, "target_modules": ["to_q", "to_k", "to_v", "to_out
                                                   "add_v_proj", "to_add_out", "proj_mlp", "proj_out"]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def make_tiny_flux(root: Path, guidance_embeds: bool = True) -> Path:
     """FLUX.1 layout with tiny random-init parts: 1 double + 1 single block (2 heads × 16), a 16-channel VAE with
     factor 2 and FLUX's scaling/shift factors, CLIP (32-d pooled) and T5 (32-d states) built from configs."""

@@ -12,14 +12,6 @@ from diffusion_helpers import make_tiny_sd, tiny_policy
 from rltune.models.diffusion import cfg_combine, ddim_step, euler_step, flow_sigmas
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_step_matches_diffusers(eta):
     from diffusers import DDIMScheduler

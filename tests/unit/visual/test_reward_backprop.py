@@ -25,14 +25,6 @@ from rltune.modifiers.reward_backprop import (
 from rltune.visual.diffusion_context import DiffusionLossContext
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def _g(seed=0):
     return torch.Generator().manual_seed(seed)
 
