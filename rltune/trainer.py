@@ -122,9 +122,9 @@ class Trainer:
             self.rollout = RolloutPool(r.model, actor_start, c.rollout_workers, r.run.seed, r.data.max_prompt_tokens,
                                        self.tok.pad_token_id, c.address, c.cpus_per_worker, c.threads_per_worker,
                                        c.gpus_per_worker, placement_group=pg, env=r.env,
-                                       restart_timeout_s=c.worker_restart_timeout_s)
+                                       restart_timeout_s=c.worker_restart_timeout_s, decode=r.rollout.decode)
         else:
-            self.rollout = HFEngine(self.model, self.tok, r.data.max_prompt_tokens)
+            self.rollout = HFEngine(self.model, self.tok, r.data.max_prompt_tokens, decode=r.rollout.decode)
             if r.env is not None:  # multi-turn agent episodes (docs/agents.md)
                 from rltune.rollout.multiturn import MultiTurnEngine
 

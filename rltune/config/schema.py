@@ -178,7 +178,11 @@ class DataConfig(Section):
 
 # -------------------------------------------------------------------------------------------- rollout
 class RolloutConfig(Section):
-    engine: Literal["hf"] = Field("hf", description="Rollout engine: `hf` (transformers.generate).")
+    engine: Literal["hf"] = Field("hf", description="Rollout engine: `hf` (the in-process transformers model).")
+    decode: Literal["loop", "generate"] = Field(
+        "loop", description="How the `hf` engine decodes: `loop` = rltune's loop (each prompt prefilled once per "
+        "group, only the sampled tokens' log-probs kept; falls back to generate for hints or a model without a "
+        "KV cache), `generate` = transformers.generate.")
     prompts_per_step: PositiveInt = Field(16, description="B: prompts per optimizer step.")
     samples_per_prompt: PositiveInt = Field(8, description="G: completions per prompt (the GRPO group).")
     max_new_tokens: PositiveInt = 64

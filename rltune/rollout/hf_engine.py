@@ -13,6 +13,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rltune.data.batch import PromptBatch, RolloutBatch
 from rltune.rollout.base import SamplingParams
+from rltune.rollout.decode import decode
+from rltune.train.torch_engine import _cache_kwarg
 
 
 class PromptTooLongError(ValueError):
@@ -31,8 +33,14 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 
 
 class HFEngine:
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_prompt_tokens: int = 512):
+    """`decode="loop"`: rltune's decode loop (rltune/rollout/decode.py: each prompt prefilled once per group, no
+    full-vocabulary logits kept); `"generate"`: `transformers.generate`. The loop falls back to generate for
+    forced prefixes (hints) and for models that return no reorderable KV cache."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_prompt_tokens: int = 512,
+                 decode: str = "loop"):
         self.model, self.tok, self.max_prompt_tokens = model, tokenizer, max_prompt_tokens
+        self.decode = decode
         self.weight_version = 0
 
     def sync(self, model, version: int, weights_ref=None) -> None:
@@ -71,32 +79,21 @@ class HFEngine:
         self.model.eval()
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        sample = not params.greedy
-        out = self.model.generate(
-            input_ids=gen_ids.to(device),
-            attention_mask=gen_mask.long().to(device),
-            max_new_tokens=params.max_new_tokens,
-            do_sample=sample,
-            temperature=params.temperature if sample else None,
-            top_p=params.top_p if sample else None,
-            top_k=params.top_k if sample else None,
-            pad_token_id=self.tok.pad_token_id,
-            eos_token_id=self.tok.eos_token_id,
-            return_dict_in_generate=True,
-            output_logits=sample,
-        )
+        looped = None
+        if self.decode == "loop" and prompts.hints is None:
+            u_ids, u_mask = _left_pad(unique, self.tok.pad_token_id)
+            looped = decode(self.model, u_ids.to(device), u_mask.to(device), n, params, self.tok.eos_token_id,
+                            self.tok.pad_token_id, _cache_kwarg(self.model))
+        if looped is not None:
+            new, gen_lp = looped[0].cpu(), looped[1].float().cpu()
+        else:
+            new, gen_lp = self._generate(gen_ids.to(device), gen_mask.to(device), params)
         if was_training:
             self.model.train()
-        new = out.sequences[:, gen_ids.shape[1]:].cpu()
         N, Tg = new.shape
         is_eos = new == self.tok.eos_token_id
         has_eos = is_eos.any(1)
         gen_len = torch.where(has_eos, is_eos.float().argmax(1) + 1, torch.full((N,), Tg))
-        if sample:
-            logits = torch.stack(out.logits, dim=1).float().cpu() / params.temperature  # [N,Tg,V]
-            gen_lp = torch.log_softmax(logits, -1).gather(-1, new[..., None]).squeeze(-1)
-        else:
-            gen_lp = torch.zeros(N, Tg)
 
         # Response = forced prefix (if any) + generated tokens up to and including EOS, right-padded.
         hint_len = torch.tensor([len(f) for f in forced], dtype=torch.long)
@@ -127,3 +124,25 @@ class HFEngine:
             response_len=response_len, rollout_logprobs=logprobs, group_id=group_id, truncated=~has_eos,
             prompts=texts, completions=completions, meta=meta, weight_version=self.weight_version, extras=extras,
         )
+
+    def _generate(self, gen_ids: torch.Tensor, gen_mask: torch.Tensor, params: SamplingParams):
+        """`transformers.generate`: new tokens [N,Tg] (pad after EOS) and their log-probs [N,Tg] (0 for greedy)."""
+        sample = not params.greedy
+        out = self.model.generate(
+            input_ids=gen_ids,
+            attention_mask=gen_mask.long(),
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None,
+            top_k=params.top_k if sample else None,
+            pad_token_id=self.tok.pad_token_id,
+            eos_token_id=self.tok.eos_token_id,
+            return_dict_in_generate=True,
+            output_logits=sample,
+        )
+        new = out.sequences[:, gen_ids.shape[1]:].cpu()
+        if not sample:
+            return new, torch.zeros(new.shape)
+        logits = torch.stack(out.logits, dim=1).float().cpu() / params.temperature  # [N,Tg,V]
+        return new, torch.log_softmax(logits, -1).gather(-1, new[..., None]).squeeze(-1)

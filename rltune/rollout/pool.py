@@ -28,7 +28,7 @@ class RolloutWorker:
     """Body of one Ray actor (also usable in-process for tests)."""
 
     def __init__(self, model_cfg: dict[str, Any], start_path: str | None, seed: int, max_prompt_tokens: int,
-                 threads: int = 1, env_cfg: dict[str, Any] | None = None):
+                 threads: int = 1, env_cfg: dict[str, Any] | None = None, decode: str = "loop"):
         from rltune.models.policy import load_policy
         from rltune.rollout.hf_engine import HFEngine
 
@@ -39,7 +39,7 @@ class RolloutWorker:
         model, tok = load_policy(cfg.model_copy(update={"gradient_checkpointing": False}), path=start_path, seed=seed,
                                  trainable=self.lora)
         model.requires_grad_(False).eval()
-        self.engine = HFEngine(model, tok, max_prompt_tokens)
+        self.engine = HFEngine(model, tok, max_prompt_tokens, decode=decode)
         if env_cfg is not None:  # multi-turn episodes: this worker builds its own envs from the spec
             from rltune.config.schema import EnvSpec
             from rltune.rollout.multiturn import MultiTurnEngine
@@ -85,7 +85,7 @@ class RolloutPool:
     def __init__(self, model_cfg: ModelConfig, start_path: str | None, n_workers: int, seed: int,
                  max_prompt_tokens: int, pad_id: int, address: str | None = None, cpus_per_worker: float = 1.0,
                  threads_per_worker: int = 1, gpus_per_worker: float = 0.0, placement_group=None,
-                 restart_timeout_s: float = 600.0, env=None):
+                 restart_timeout_s: float = 600.0, env=None, decode: str = "loop"):
         """`placement_group`: colocate worker k on bundle k of the training ranks' group (see TrainGroup)."""
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -97,7 +97,7 @@ class RolloutPool:
         # the retry deadline in _retry instead.
         actor = ray.remote(max_restarts=-1, max_task_retries=0)(RolloutWorker)
         args = (model_cfg.model_dump(mode="json"), start_path, seed, max_prompt_tokens, threads_per_worker,
-                None if env is None else env.model_dump(mode="json"))  # env: EnvSpec of multi-turn rollouts
+                None if env is None else env.model_dump(mode="json"), decode)  # env: EnvSpec of multi-turn rollouts
 
         def options(k: int) -> dict:
             if placement_group is None:
