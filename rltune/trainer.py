@@ -48,7 +48,8 @@ from rltune.rollout.dynamic import sample_groups
 from rltune.rollout.hf_engine import HFEngine
 from rltune.rollout.pool import load_synced_weights
 from rltune.train import checkpoint as ckpt
-from rltune.train.critic import Critic
+from rltune.train.critic import Critic, finish_critic_metrics
+from rltune.train.scoring import score_rows
 from rltune.train.torch_engine import TorchEngine, response_logprobs
 from rltune.train.update import UpdateInputs, UpdateSpec
 from rltune.watchdog import Watchdog
@@ -93,8 +94,9 @@ class Trainer:
 
             set_peft_model_state_dict(self.model, load_file(resume_from / "model" / "adapter_model.safetensors"))
         # The reference model exists only when a KL term needs it (kl_coef > 0); with LoRA the base is the ref.
+        # With training ranks the reference model lives on the ranks (sharded like the policy under ZeRO-3).
         self.ref_model = None
-        if r.algo.kl_coef > 0 and r.model.lora is None:
+        if r.algo.kl_coef > 0 and r.model.lora is None and not r.cluster.train_ranks:
             self.ref_model, _ = load_policy(r.model, path=r.sft.output_dir if r.sft else None, seed=r.run.seed,
                                             trainable=False)
             self.ref_model.to(self.device)
@@ -113,6 +115,8 @@ class Trainer:
             from rltune.train.worker import TrainGroup
 
             self.engine = TrainGroup(r, actor_start, total, base_dir=self.base_dir)
+            if resume_from is not None:  # sharded weights, optimizer state and scheduler (policy and critic)
+                self.engine.load(resume_from / "deepspeed")
         else:
             self.engine = TorchEngine(self.model, r.train, total)
         if c.rollout_workers:
@@ -130,14 +134,16 @@ class Trainer:
 
                 self.rollout = MultiTurnEngine(self.rollout, r.env, base_dir=self.base_dir)
         # PPO's value model (algo.advantage=gae) starts from the policy's starting model unless critic.path/tiny.
-        self.critic = Critic(r.critic, r.model, start, r.run.seed, r.train.micro_batch_size) if r.critic else None
+        # On training ranks it is a DeepSpeed engine there too (TrainGroup.critic, same interface).
+        self.critic = None
+        if r.critic is not None:
+            self.critic = (self.engine.critic if c.train_ranks else
+                           Critic(r.critic, r.model, start, r.run.seed, r.train.micro_batch_size))
         self.kl_ctl = algo.KLController(r.algo.kl_coef, r.algo.kl_target, r.algo.kl_horizon)
         self.step = 0
         self.best: tuple[float, int] | None = None
         if resume_from is not None:
             self._load_state(ckpt.load_state(resume_from))
-        if c.train_ranks and resume_from is not None:  # sharded optimizer state, scheduler and weights
-            self.engine.load(resume_from / "deepspeed")
         if c.rollout_workers:  # workers start from the same weights as the policy, at its version
             self.rollout.sync(self.model, self.rollout.weight_version)
         if c.rollout_workers or c.train_ranks:  # where each actor landed, for the user (and the multi-node test)
@@ -264,7 +270,7 @@ class Trainer:
         values = returns = kl_tok = None
         if self.critic is not None:
             with self._phase(timers, "time/values"):
-                values = self.critic.values(batch)
+                values = self.critic.values(batch.input_ids, batch.attention_mask, batch.response_mask)
 
         # -- advantage: [N] rewards (minus β·KL to the reference when algo.kl_placement=reward) -> [N,T]
         #    advantages by the estimator named in algo.advantage (GAE also gives returns), then modifiers (EMPG)
@@ -298,7 +304,9 @@ class Trainer:
         stats = dict(dyn)
         if self.critic is not None:
             with self._phase(timers, "time/critic"):
-                stats |= self.critic.update(batch, plan, values, returns, loss_mask)
+                stats |= finish_critic_metrics(
+                    self.critic.update(batch.input_ids, batch.attention_mask, plan, values, returns, loss_mask),
+                    len(plan), values, returns, loss_mask)
         if self.critic is None or self.step >= r.critic.warmup_steps:
             with self._phase(timers, "time/update"):
                 x = UpdateInputs(batch.input_ids, batch.attention_mask, advantages, loss_mask, batch.rollout_logprobs,
@@ -333,26 +341,17 @@ class Trainer:
         b = self.rollout.generate(plain, dataclasses.replace(self._sampling(), n=n))
         return self.rewards(_reward_input(b, self.step)).rewards.view(len(prompts), n)
 
-    @torch.no_grad()
     def _score_batch(self, batch: RolloutBatch, entropy: bool):
-        """Old-policy log-probs (and entropy) and reference log-probs for the whole batch, no grad."""
+        """Old-policy log-probs (and entropy) and reference log-probs [N,T] for the whole batch, no grad; on the
+        training ranks when there are some (each scores its slice; the reference model lives there too)."""
         r = self.recipe
         T = batch.response_ids.shape[1]
-        olds, ents, refs = [], [], []
-        mb = min(r.train.micro_batch_size, len(batch))
-        for lo in range(0, len(batch), mb):
-            ids, attn = batch.input_ids[lo:lo + mb].to(self.device), batch.attention_mask[lo:lo + mb].to(self.device)
-            lp, ent = response_logprobs(self.model, ids, attn, T, r.rollout.temperature, entropy)
-            olds.append(lp)
-            ents.append(ent)
-            if r.algo.kl_coef > 0:
-                if self.ref_model is not None:
-                    refs.append(response_logprobs(self.ref_model, ids, attn, T, r.rollout.temperature)[0])
-                else:  # LoRA: the frozen base without the adapter is the reference
-                    with self.model.disable_adapter():
-                        refs.append(response_logprobs(self.model, ids, attn, T, r.rollout.temperature)[0])
-        cat = lambda xs: torch.cat(xs).cpu() if xs and xs[0] is not None else None  # noqa: E731
-        return cat(olds), cat(ents), cat(refs)
+        kl = r.algo.kl_coef > 0
+        if r.cluster.train_ranks:
+            return self.engine.score(batch.input_ids, batch.attention_mask, T, r.rollout.temperature, entropy, kl)
+        ref = (self.ref_model if self.ref_model is not None else "adapter_off") if kl else None
+        return score_rows(self.model, ref, batch.input_ids, batch.attention_mask, T, r.rollout.temperature, entropy,
+                          min(r.train.micro_batch_size, len(batch)))
 
     # ------------------------------------------------------------------------------------ eval / metrics
     @torch.no_grad()

@@ -1,8 +1,12 @@
 """PPO's critic: a value model with its own AdamW, scored and updated beside the policy.
 
-The trainer asks for `values(batch)` [N,T] before the advantage (GAE), then `update(...)` on the same
-mini-batch plan as the policy (ppo_epochs × mini_batches optimizer steps); each mini-batch's clipped value
-loss is normalised by that mini-batch's token count, so micro-batching does not change the update.
+The trainer asks for `values(...)` [N,T] before the advantage (GAE), then `update(...)` on the same mini-batch
+plan as the policy (ppo_epochs × mini_batches optimizer steps); each mini-batch's clipped value loss is normalised
+by that mini-batch's token count, so micro-batching does not change the update.
+
+The optimizer side is a training engine (rltune/train/torch_engine.py in one process; a DeepSpeed ZeRO engine
+on each training rank, rltune/train/worker.py). On a rank the critic scores and trains on that rank's slice of
+the rows, exactly as the policy update does (rltune/train/update.py), so sharded equals unsharded.
 """
 
 from __future__ import annotations
@@ -13,67 +17,122 @@ from typing import Any
 import torch
 
 from rltune.algo import global_denominators, value_loss
-from rltune.config.schema import CriticConfig, ModelConfig
-from rltune.data.batch import RolloutBatch
+from rltune.config.schema import CriticConfig, ModelConfig, TrainConfig
 from rltune.models.value import load_value_model
 from rltune.ops import masked_mean, masked_var
+from rltune.train.scoring import rank_micro_batches
+
+# Partial sums on each rank (add them up) vs. values every rank agrees on (take rank 0's).
+_GLOBAL = ("critic/grad_norm", "critic/skipped_steps")
 
 
 class Critic:
-    def __init__(self, cfg: CriticConfig, model_cfg: ModelConfig, start: str | None, seed: int, micro_batch_size: int):
-        """`start` is the policy's starting model (SFT output or model.path; None = built from model.tiny)."""
+    def __init__(self, cfg: CriticConfig, model_cfg: ModelConfig, start: str | None, seed: int, micro_batch_size: int,
+                 zero_stage: int | None = None, offload: bool = False):
+        """`start` is the policy's starting model (SFT output or model.path; None = built from model.tiny).
+        `zero_stage` None: one process; else this rank's DeepSpeed engine (torch.distributed initialised)."""
         self.cfg, self.micro = cfg, micro_batch_size
-        self.model = load_value_model(model_cfg, cfg.path or (None if cfg.tiny else start), cfg.tiny, seed)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        model = load_value_model(model_cfg, cfg.path or (None if cfg.tiny else start), cfg.tiny, seed)
+        tcfg = TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+                           micro_batch_size=micro_batch_size)
+        if zero_stage is None:
+            from rltune.train.torch_engine import TorchEngine
+
+            self.engine, self.rank, self.world = TorchEngine(model, tcfg, 1), 0, 1
+            self._module = model
+        else:
+            import torch.distributed as dist
+
+            from rltune.train.deepspeed_engine import DeepSpeedEngine
+
+            self.engine = DeepSpeedEngine(model, tcfg, 1, zero_stage, offload)
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            self._module = self.engine.ds
+        self.model = model
 
     @torch.no_grad()
-    def values(self, batch: RolloutBatch) -> torch.Tensor:
-        """V [N,T] of the state before each response token, 0 outside the response mask."""
-        T = batch.response_ids.shape[1]
-        ids, attn = batch.input_ids, batch.attention_mask
-        rows = torch.arange(len(batch)).split(self.micro)
-        return torch.cat([self.model(ids[i], attn[i], T) for i in rows]) * batch.response_mask
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+        """V [n,T] of the state before each response token, 0 outside the response mask, for this rank's rows
+        (all rows in one process)."""
+        T = response_mask.shape[1]
+        device = next(self.model.parameters()).device
+        out = []
+        for rows, real in rank_micro_batches(len(input_ids), self.micro, self.rank, self.world):
+            v = self._module(input_ids[rows].to(device), attention_mask[rows].to(device), T)
+            if real:
+                out.append(v.cpu())
+        local = torch.cat(out) if out else torch.zeros(0, T)
+        return local * response_mask[_local_rows(len(input_ids), self.rank, self.world)]
 
-    def update(self, batch: RolloutBatch, plan: list[torch.Tensor], old_values: torch.Tensor, returns: torch.Tensor,
-               mask: torch.Tensor) -> dict[str, float]:
-        """One optimizer step per mini-batch of row indices in `plan`; returns critic metrics (means over steps)."""
-        c = self.cfg
-        T = batch.response_ids.shape[1]
-        ids, attn = batch.input_ids, batch.attention_mask
+    def update(self, input_ids, attention_mask, plan: list[torch.Tensor], old_values: torch.Tensor,
+               returns: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """One optimizer step per mini-batch of row indices in `plan`; metric sums of this rank (`finish` turns
+        the ranks' sums into the step's metrics)."""
+        c, e = self.cfg, self.engine
+        T = mask.shape[1]
+        device = next(self.model.parameters()).device
+        if device.type != "cpu":
+            input_ids, attention_mask, old_values, returns, mask = (
+                t.to(device) for t in (input_ids, attention_mask, old_values, returns, mask))
         acc: dict[str, float] = defaultdict(float)
         for mini in plan:
             denom = global_denominators(mask[mini])
-            for rows in mini.split(self.micro):
-                v = self.model(ids[rows], attn[rows], T)
+            local = mini.tensor_split(self.world)[self.rank]
+            micros = list(local.split(self.micro)) or [local]
+            finite = True
+            for i, rows in enumerate(micros):
+                e.set_boundary(i == len(micros) - 1)
+                if len(rows) == 0:  # a rank without rows still joins the gradient collectives
+                    e.backward(e.zero_loss())
+                    continue
+                v = self._module(input_ids[rows], attention_mask[rows], T)
                 m = mask[rows]
                 loss = c.vf_coef * value_loss(v, old_values[rows], returns[rows], m, c.value_clip, "token-mean",
                                               **denom)
-                loss.backward()
+                # The engine averages gradients over ranks; each rank's loss is its share of the global sum.
+                e.backward(loss * self.world if self.world > 1 else loss)
+                finite &= bool(torch.isfinite(loss.detach()))
                 acc["loss/value"] += float(loss.detach())
                 if c.value_clip is not None and m.any():
                     lo, hi = old_values[rows] - c.value_clip, old_values[rows] + c.value_clip
                     out = ((v.detach() < lo) | (v.detach() > hi)).float()
                     acc["critic/value_clip_frac"] += float(masked_mean(out, m)) * float(m.sum()) / max(
                         1.0, denom["num_tokens"])
-            grads_ok = all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None)
-            if grads_ok:
-                if c.max_grad_norm is not None:
-                    acc["critic/grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm))
-                self.optimizer.step()
+            if e.all_finite(finite and e.grads_finite()):
+                acc["critic/grad_norm"] += e.step()
             else:
+                e.skip_step()
                 acc["critic/skipped_steps"] += 1.0
-            self.optimizer.zero_grad(set_to_none=True)
-        out = {k: v / len(plan) if k != "critic/skipped_steps" else v for k, v in acc.items()}
-        var_r = masked_var(returns, mask)
-        out["critic/values_mean"] = float(masked_mean(old_values, mask))
-        out["critic/returns_mean"] = float(masked_mean(returns, mask))
-        out["critic/explained_var"] = float(1 - masked_var(returns - old_values, mask) / var_r) if var_r > 0 else 0.0
-        return out
+        return dict(acc)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"model": self.model.state_dict(), **self.engine.state_dict()}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.model.load_state_dict(sd["model"])
-        self.optimizer.load_state_dict(sd["optimizer"])
+        self.engine.load_state_dict({k: sd[k] for k in ("optimizer", "scheduler")})
+
+
+def _local_rows(n: int, rank: int, world: int) -> torch.Tensor:
+    return torch.arange(n).tensor_split(world)[rank]
+
+
+def finish_critic_metrics(per_rank: list[dict[str, float]] | dict[str, float], n_steps: int,
+                          old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """The ranks' sums (one dict in one process) → the step's critic metrics (means over the plan's optimizer
+    steps), plus value statistics of the whole batch."""
+    per_rank = [per_rank] if isinstance(per_rank, dict) else per_rank
+    total: dict[str, float] = defaultdict(float)
+    for i, stats in enumerate(per_rank):
+        for k, v in stats.items():
+            if k not in _GLOBAL or i == 0:
+                total[k] += v
+    out = {k: v / n_steps if k != "critic/skipped_steps" else v for k, v in total.items()}
+    steps = n_steps - total.get("critic/skipped_steps", 0.0)
+    if "critic/grad_norm" in total:
+        out["critic/grad_norm"] = total["critic/grad_norm"] / max(1.0, steps)
+    var_r = masked_var(returns, mask)
+    out["critic/values_mean"] = float(masked_mean(old_values, mask))
+    out["critic/returns_mean"] = float(masked_mean(returns, mask))
+    out["critic/explained_var"] = float(1 - masked_var(returns - old_values, mask) / var_r) if var_r > 0 else 0.0
+    return out

@@ -63,7 +63,7 @@ class DeepSpeedEngine:
     # -- the TorchEngine surface used by rltune/train/update.py
     def forward(self, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
         return response_logprobs(self.ds, input_ids, attention_mask, response_len, temperature, entropy,
-                                 entropy_grad)
+                                 entropy_grad, always_split=self.zero_stage == 3)
 
     def set_boundary(self, is_last_micro_batch: bool) -> None:
         self._boundary = is_last_micro_batch

@@ -23,6 +23,7 @@ def response_logprobs(
     temperature: float = 1.0,
     entropy: bool = False,
     entropy_grad: bool = False,
+    always_split: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [n,T] of the last T tokens of `input_ids` [n,P+T], and their entropy [n,T] (detached unless
     `entropy_grad`, for an entropy bonus in the loss).
@@ -31,10 +32,12 @@ def response_logprobs(
     where the memory of a large vocabulary goes. Rows that share a prompt (a GRPO group) share its forward: the
     distinct prompts run once, their KV cache is gathered to the rows and only the responses run per row
     (gradients flow through the shared prompt as through separate copies; tested equal to the plain forward).
+    `always_split` takes that two-pass path even when no prompt repeats: under ZeRO-3 every rank must run the same
+    number of module forwards (each gathers the partitioned weights collectively).
     """
     T = response_len
     P = input_ids.shape[1] - T
-    shared = _shared_prompt_logits(model, input_ids, attention_mask, P, T) if P > 0 else None
+    shared = _shared_prompt_logits(model, input_ids, attention_mask, P, T, always_split) if P > 0 else None
     if shared is not None:
         logits = shared
     else:
@@ -60,7 +63,8 @@ def response_logprobs(
     return logprobs, ent
 
 
-def _shared_prompt_logits(model, input_ids, attention_mask, P: int, T: int) -> torch.Tensor | None:
+def _shared_prompt_logits(model, input_ids, attention_mask, P: int, T: int,
+                          always: bool = False) -> torch.Tensor | None:
     """Logits [n,T,V] predicting the response tokens, with each distinct prompt forwarded once; None when no
     prompt repeats or the model cannot take a KV cache here (gradient checkpointing turns the cache off)."""
     base = getattr(model, "module", model)  # DeepSpeed wraps the module
@@ -69,7 +73,7 @@ def _shared_prompt_logits(model, input_ids, attention_mask, P: int, T: int) -> t
         return None
     key = torch.cat([input_ids[:, :P], attention_mask[:, :P].long()], dim=1)
     uniq, inv = torch.unique(key, dim=0, return_inverse=True)
-    if len(uniq) == len(key):
+    if len(uniq) == len(key) and not always:
         return None
     pm = uniq[:, P:]
     out_p = model(input_ids=uniq[:, :P], attention_mask=pm, position_ids=(pm.cumsum(-1) - 1).clamp(min=0),

@@ -51,6 +51,27 @@ class TrainWorker:
         self.engine = DeepSpeedEngine(model, r.train, total_steps, c.zero_stage, c.offload_optimizer)
         # Loss-side hooks (extra_loss, on_gradients) run here, on rank-local instances built from the specs.
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=base_dir)
+        self.micro = r.train.micro_batch_size
+        # The reference model (a KL term without LoRA; with LoRA the base is the reference): replicated on each
+        # rank under ZeRO-0/1/2, partitioned across the ranks under ZeRO-3 (DeepSpeed without an optimizer, as
+        # for the policy's weights).
+        self.ref = None
+        if r.algo.kl_coef > 0:
+            if self.lora:
+                self.ref = "adapter_off"
+            else:
+                ref, _ = load_policy(r.model, path=r.sft.output_dir if r.sft else None, seed=r.run.seed,
+                                     trainable=False)
+                self.ref = _frozen_engine(ref, c.zero_stage, world_size) if c.zero_stage == 3 else ref
+                if c.zero_stage != 3 and backend == "nccl":
+                    self.ref.to(self.engine.ds.device)
+        # PPO's value model: its own DeepSpeed engine on every rank, trained on the rank's slice of each mini-batch.
+        self.critic = None
+        if r.critic is not None:
+            from rltune.train.critic import Critic
+
+            self.critic = Critic(r.critic, r.model, start_path, r.run.seed, self.micro, c.zero_stage,
+                                 c.offload_optimizer)
 
     def update(self, x, plan, spec, state) -> dict[str, float]:
         from rltune.train.update import run_update
@@ -58,6 +79,19 @@ class TrainWorker:
         if self.engine.ds.device.type != "cpu":
             x = x.to(self.engine.ds.device)
         return run_update(self.engine, self.mods, x, plan, spec, state, self.rank, self.world_size)
+
+    def score(self, input_ids, attention_mask, T: int, temperature: float, entropy: bool, kl: bool):
+        """Old-policy log-probs (+ entropy) and reference log-probs of this rank's slice of the rows."""
+        from rltune.train.scoring import score_rows
+
+        return score_rows(self.engine.ds, self.ref if kl else None, input_ids, attention_mask, T, temperature,
+                          entropy, self.micro, self.rank, self.world_size, always_split=self.engine.zero_stage == 3)
+
+    def critic_values(self, input_ids, attention_mask, response_mask):
+        return self.critic.values(input_ids, attention_mask, response_mask)
+
+    def critic_update(self, input_ids, attention_mask, plan, old_values, returns, mask):
+        return self.critic.update(input_ids, attention_mask, plan, old_values, returns, mask)
 
     def weights(self):
         """Rank 0: an object ref to the gathered weights (adapter only with LoRA); other ranks: None."""
@@ -68,9 +102,13 @@ class TrainWorker:
 
     def save(self, path: str) -> None:
         self.engine.save(Path(path))
+        if self.critic is not None:
+            self.critic.engine.save(Path(path) / "critic")
 
     def load(self, path: str) -> None:
         self.engine.load(Path(path))
+        if self.critic is not None:
+            self.critic.engine.load(Path(path) / "critic")
 
     def lr(self) -> float:
         return self.engine.lr
@@ -121,6 +159,18 @@ class TrainGroup:
         self._call("pid")  # every rank up (torch.distributed rendezvous done) before the first step
         self.nodes = self._call("node_id")  # Ray node of each rank
 
+    def score(self, input_ids, attention_mask, T: int, temperature: float, entropy: bool, kl: bool):
+        """Old-policy log-probs [N,T] (+ entropy) and reference log-probs scored on the ranks, each its slice."""
+        import ray
+
+        parts = self._call("score", ray.put(input_ids), ray.put(attention_mask), T, temperature, entropy, kl)
+        cat = lambda i: torch.cat([p[i] for p in parts]) if parts[0][i] is not None else None  # noqa: E731
+        return cat(0), cat(1), cat(2)
+
+    @property
+    def critic(self) -> "_RankCritic":
+        return _RankCritic(self)
+
     def update(self, x, plan, spec, state, mods=None) -> dict[str, float]:
         """The step's optimizer steps on every rank (`mods` is unused: ranks build their own pipelines)."""
         import ray
@@ -170,6 +220,42 @@ class TrainGroup:
                 "/tmp/ray/session_latest/logs (out of memory is the usual cause: lower train.micro_batch_size or "
                 "raise cluster.zero_stage)."
             ) from None
+
+
+class _RankCritic:
+    """The critic's interface (rltune/train/critic.py) for a critic that lives on the training ranks."""
+
+    def __init__(self, group: TrainGroup):
+        self.group = group
+
+    def values(self, input_ids, attention_mask, response_mask) -> torch.Tensor:
+        import ray
+
+        refs = [ray.put(t) for t in (input_ids, attention_mask, response_mask)]
+        return torch.cat(self.group._call("critic_values", *refs))
+
+    def update(self, input_ids, attention_mask, plan, old_values, returns, mask) -> list[dict[str, float]]:
+        import ray
+
+        refs = [ray.put(t) for t in (input_ids, attention_mask, old_values, returns, mask)]
+        return self.group._call("critic_update", refs[0], refs[1], plan, *refs[2:])
+
+    def state_dict(self) -> dict:
+        return {"deepspeed": "deepspeed/critic/"}  # weights and optimizer live in the ranks' sharded files
+
+    def load_state_dict(self, sd: dict) -> None:
+        pass  # loaded with the policy's shards (TrainGroup.load)
+
+
+def _frozen_engine(model, zero_stage: int, world_size: int):
+    """A model partitioned across the ranks for inference only (ZeRO-3 without an optimizer)."""
+    import deepspeed
+
+    cfg = {"train_micro_batch_size_per_gpu": 1, "train_batch_size": world_size,
+           "zero_optimization": {"stage": zero_stage}, "steps_per_print": 1 << 30}
+    engine, *_ = deepspeed.initialize(model=model, config=cfg)
+    engine.eval()
+    return engine
 
 
 class _Rendezvous:

@@ -116,3 +116,30 @@ def test_lora_ranks_train_and_sync_only_the_adapter(tiny_recipe, tmp_path):
 
     merged = AutoModelForCausalLM.from_pretrained(t.run_dir / "final")
     assert not any("lora" in k for k in merged.state_dict())
+
+
+# PPO with a critic and a KL term in the loss: the reference model and the critic live on the ranks.
+PPO = {**OVER, "algo": {**OVER["algo"], "advantage": "gae", "lam": 0.95, "kl_coef": 0.1, "kl_placement": "loss"},
+       "critic": {"lr": 1e-3}}
+PPO_KEYS = (*KEYS, "algo/kl", "loss/value", "critic/grad_norm", "critic/values_mean")
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_reference_model_and_critic_on_the_ranks_match_one_process(tiny_recipe, stage):
+    def rows_of(t):
+        return [{k: m[k] for k in PPO_KEYS if k in m} for m in read_metrics(t.run_dir) if "loss/policy" in m]
+
+    one = Trainer(tiny_recipe(**PPO), overwrite=True)
+    one.fit()
+    want = rows_of(one)
+    t = Trainer(tiny_recipe(**PPO, cluster={"train_ranks": 2, "zero_stage": stage}), overwrite=True)
+    assert t.ref_model is None and type(t.critic).__name__ == "_RankCritic"  # not in the driver: on the ranks
+    t.fit()
+    got = rows_of(t)
+    assert len(got) == len(want) == 3 and set(PPO_KEYS) <= set(want[0])
+    for a, b in zip(want, got):
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (stage, k, a[k], b[k])
+    assert want[-1]["algo/kl"] > 0 and want[-1]["critic/values_mean"] != 0  # both parts did something
+    # The ranks' checkpoint holds the critic's shards next to the policy's.
+    assert (ckpt.find_latest(t.ckpt_root) / "deepspeed" / "critic").is_dir()
