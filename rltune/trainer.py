@@ -50,7 +50,7 @@ from rltune.rollout.pool import load_synced_weights
 from rltune.train import checkpoint as ckpt
 from rltune.train.critic import Critic, finish_critic_metrics
 from rltune.train.scoring import score_rows
-from rltune.train.torch_engine import TorchEngine, response_logprobs
+from rltune.train.torch_engine import TorchEngine
 from rltune.train.update import UpdateInputs, UpdateSpec
 from rltune.watchdog import Watchdog
 
