@@ -38,12 +38,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rltune.reward import RewardError
     from rltune.rollout.dynamic import DynamicSamplingError
     from rltune.rollout.hf_engine import PromptTooLongError
+    from rltune.rollout.vllm_engine import EngineUnavailableError
     from rltune.sft import SFTError
     from rltune.train.worker import TrainRankDiedError
     from rltune.trainer import RunDirError, TrainingDivergedError
 
     return (RecipeError, DataError, ModelLoadError, ModifierError, PluginError, RewardError, PromptTooLongError,
-            SFTError, RunDirError, TrainingDivergedError, DynamicSamplingError, TrainRankDiedError)
+            SFTError, RunDirError, TrainingDivergedError, DynamicSamplingError, TrainRankDiedError,
+            EngineUnavailableError)
 
 
 def _fail(e: BaseException) -> None:

@@ -126,7 +126,16 @@ class Trainer:
             self.rollout = RolloutPool(r.model, actor_start, c.rollout_workers, r.run.seed, r.data.max_prompt_tokens,
                                        self.tok.pad_token_id, c.address, c.cpus_per_worker, c.threads_per_worker,
                                        c.gpus_per_worker, placement_group=pg, env=r.env,
-                                       restart_timeout_s=c.worker_restart_timeout_s, decode=r.rollout.decode)
+                                       restart_timeout_s=c.worker_restart_timeout_s, decode=r.rollout.decode,
+                                       vllm=(r.rollout.vllm.model_dump() | {"max_new_tokens": r.rollout.max_new_tokens}
+                                             if r.rollout.engine == "vllm" else None))
+        elif r.rollout.engine == "vllm":  # vLLM in this process, next to the trainer (rltune/rollout/vllm_engine.py)
+            from rltune.rollout.vllm_engine import VLLMEngine, model_dir_for
+
+            self.rollout = VLLMEngine(model_dir_for(actor_start, r.model, self.model, self.tok, self.run_dir),
+                                      self.tok, r.data.max_prompt_tokens, r.rollout.max_new_tokens, r.run.seed,
+                                      **r.rollout.vllm.model_dump())
+            self.rollout.sync(self.model, 0)  # the current weights (a resumed run's, not the folder's)
         else:
             self.rollout = HFEngine(self.model, self.tok, r.data.max_prompt_tokens, decode=r.rollout.decode)
             if r.env is not None:  # multi-turn agent episodes (docs/agents.md)

@@ -177,8 +177,20 @@ class DataConfig(Section):
 
 
 # -------------------------------------------------------------------------------------------- rollout
+class VLLMConfig(Section):
+    """vLLM engine settings (rollout.engine=vllm; `pip install 'rltune[gpu]'`)."""
+
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="Share of the GPU vLLM may take (weights "
+                                          "+ KV cache); colocated with training, leave room for it.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    enforce_eager: bool = Field(False, description="No CUDA graphs (faster start, slower decode).")
+
+
 class RolloutConfig(Section):
-    engine: Literal["hf"] = Field("hf", description="Rollout engine: `hf` (the in-process transformers model).")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="Rollout engine: `hf` (the in-process transformers model) or `vllm` (GPU; in the driver, "
+        "or in each rollout worker with cluster.rollout_workers). vLLM does not take LoRA policies yet.")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     decode: Literal["loop", "generate"] = Field(
         "loop", description="How the `hf` engine decodes: `loop` = rltune's loop (each prompt prefilled once per "
         "group, only the sampled tokens' log-probs kept; falls back to generate for hints or a model without a "
@@ -502,6 +514,9 @@ class Recipe(Section):
         if a.dynamic_sampling.enabled and self.rollout.samples_per_prompt < 2:
             raise ValueError("algo.dynamic_sampling needs rollout.samples_per_prompt ≥ 2: a group of one sample "
                              "always has a constant reward")
+        if self.rollout.engine == "vllm" and (self.model.lora is not None or self.env is not None):
+            raise ValueError("rollout.engine=vllm does not take " + ("LoRA policies (model.lora)" if self.model.lora
+                             else "multi-turn environments (env:)") + " yet; use rollout.engine=hf")
         names = [m.key for m in self.modifiers]
         dup = {k for k in names if names.count(k) > 1}
         if dup:

@@ -28,7 +28,8 @@ class RolloutWorker:
     """Body of one Ray actor (also usable in-process for tests)."""
 
     def __init__(self, model_cfg: dict[str, Any], start_path: str | None, seed: int, max_prompt_tokens: int,
-                 threads: int = 1, env_cfg: dict[str, Any] | None = None, decode: str = "loop"):
+                 threads: int = 1, env_cfg: dict[str, Any] | None = None, decode: str = "loop",
+                 vllm: dict[str, Any] | None = None):
         from rltune.models.policy import load_policy
         from rltune.rollout.hf_engine import HFEngine
 
@@ -39,7 +40,19 @@ class RolloutWorker:
         model, tok = load_policy(cfg.model_copy(update={"gradient_checkpointing": False}), path=start_path, seed=seed,
                                  trainable=self.lora)
         model.requires_grad_(False).eval()
-        self.engine = HFEngine(model, tok, max_prompt_tokens, decode=decode)
+        self.vllm = vllm is not None
+        if self.vllm:  # vLLM on this worker's GPU (rltune/rollout/vllm_engine.py); the HF copy only names the folder
+            import tempfile
+
+            from rltune.rollout.vllm_engine import VLLMEngine, model_dir_for
+
+            opts = dict(vllm)
+            max_new = opts.pop("max_new_tokens")
+            folder = model_dir_for(start_path, cfg, model, tok, tempfile.mkdtemp(prefix="rltune-vllm-"))
+            self.engine = VLLMEngine(folder, tok, max_prompt_tokens, max_new, seed, **opts)
+            del model
+        else:
+            self.engine = HFEngine(model, tok, max_prompt_tokens, decode=decode)
         if env_cfg is not None:  # multi-turn episodes: this worker builds its own envs from the spec
             from rltune.config.schema import EnvSpec
             from rltune.rollout.multiturn import MultiTurnEngine
@@ -51,6 +64,10 @@ class RolloutWorker:
 
     def load_weights(self, state: dict[str, torch.Tensor], version: int) -> tuple[int, float]:
         """Load full weights (or the LoRA adapter's); returns (version, checksum of what the model now holds)."""
+        if self.vllm:  # vLLM fuses layers under its own names: it checks that every parameter was written instead
+            self.engine.load_state(state)
+            self.engine.weight_version = version
+            return version, checksum(state)
         model = self.engine.model
         if self.lora:
             from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -85,7 +102,7 @@ class RolloutPool:
     def __init__(self, model_cfg: ModelConfig, start_path: str | None, n_workers: int, seed: int,
                  max_prompt_tokens: int, pad_id: int, address: str | None = None, cpus_per_worker: float = 1.0,
                  threads_per_worker: int = 1, gpus_per_worker: float = 0.0, placement_group=None,
-                 restart_timeout_s: float = 600.0, env=None, decode: str = "loop"):
+                 restart_timeout_s: float = 600.0, env=None, decode: str = "loop", vllm: dict | None = None):
         """`placement_group`: colocate worker k on bundle k of the training ranks' group (see TrainGroup)."""
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -97,7 +114,7 @@ class RolloutPool:
         # the retry deadline in _retry instead.
         actor = ray.remote(max_restarts=-1, max_task_retries=0)(RolloutWorker)
         args = (model_cfg.model_dump(mode="json"), start_path, seed, max_prompt_tokens, threads_per_worker,
-                None if env is None else env.model_dump(mode="json"), decode)  # env: EnvSpec of multi-turn rollouts
+                None if env is None else env.model_dump(mode="json"), decode, vllm)  # env: EnvSpec of multi-turn
 
         def options(k: int) -> dict:
             if placement_group is None:
