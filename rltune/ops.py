@@ -114,27 +114,41 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 
     Shapes: logits [..., V] -> [...]. Pass temperature-scaled logits (the sampling distribution).
     """
-    lse = torch.logsumexp(logits, dim=-1)
-    return lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _entropy(logits)
+    # No graph to keep: a few rows at a time, so the softmax temporaries stay small (large vocabularies).
+    flat = logits.reshape(-1, logits.shape[-1])
+    rows = _chunk_rows(logits.shape[-1])
+    out = [_entropy(flat[i:i + rows]) for i in range(0, flat.shape[0], rows)]
+    return (torch.cat(out) if out else flat.new_zeros(0)).reshape(logits.shape[:-1])
+
+
+def _entropy(z: Tensor) -> Tensor:
+    return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(dim=-1)
+
+
+def _chunk_rows(vocab: int, floats: int = 1 << 23) -> int:
+    """Rows of a [*, V] tensor per chunk: about `floats` elements (32 MB in fp32)."""
+    return max(1, floats // max(1, vocab))
 
 
 def logprobs_from_logits(logits: Tensor, ids: Tensor, chunk_rows: int = 1024) -> Tensor:
     """log softmax(logits)[ids] without materialising the full [..., V] log-softmax.
 
-    Shapes: logits [..., V], ids [...] long -> [...]. Computed as z[id] − logsumexp(z). Half/bfloat16
-    logits are upcast to float32 a chunk of ``chunk_rows`` rows at a time (low-precision logsumexp
-    loses the small log-probs), so the result is float32 for them and the peak extra memory stays small.
+    Shapes: logits [..., V], ids [...] long -> [...]. Computed as z[id] − logsumexp(z), a chunk of rows at a time
+    (at most ``chunk_rows``, and about 32 MB of fp32 each) so the temporaries stay small. Half/bfloat16 logits are
+    upcast to float32 per chunk (low-precision logsumexp loses the small log-probs): the result is float32.
     """
     if logits.shape[:-1] != ids.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and ids {tuple(ids.shape)} disagree")
-    if logits.dtype in (torch.float32, torch.float64):
-        picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        return picked - torch.logsumexp(logits, dim=-1)
     flat = logits.reshape(-1, logits.shape[-1])
     flat_ids = ids.reshape(-1)
+    # logsumexp's exp(z − max) temporary is as large as its input: chunks keep it small, in fp32 as well.
+    chunk_rows = min(chunk_rows, _chunk_rows(logits.shape[-1]))
     out = []
     for start in range(0, flat.shape[0], chunk_rows):
-        z = flat[start:start + chunk_rows].float()
+        z = flat[start:start + chunk_rows]
+        z = z if z.dtype in (torch.float32, torch.float64) else z.float()
         i = flat_ids[start:start + chunk_rows]
         out.append(z.gather(-1, i.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1))
     if not out:

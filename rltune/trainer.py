@@ -65,6 +65,9 @@ class TrainingDivergedError(RuntimeError):
 
 class Trainer:
     def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
+        from rltune._env import apply_defaults
+
+        apply_defaults()  # also for Python-API users: offline, and malloc's mmap threshold pinned (RSS follows tensors)
         self.recipe, self.base_dir = recipe, Path(base_dir)
         r = recipe
         self.run_dir = Path(r.run.run_dir)
