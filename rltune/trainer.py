@@ -12,12 +12,9 @@ modifiers (rltune/modifiers); nothing in this file branches on a method name.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import random
 import shutil
-import signal
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,11 +24,9 @@ import numpy as np
 import torch
 
 from rltune import algo
-from rltune.config.load import dump_recipe
 from rltune.config.schema import Recipe
 from rltune.data.batch import RolloutBatch
 from rltune.data.prompts import PromptLoader, load_rows
-from rltune.logging import MetricLogger
 from rltune.models.policy import load_policy, resolve_device
 from rltune.modifiers.base import (
     AdvantageContext,
@@ -49,33 +44,23 @@ from rltune.rollout.hf_engine import HFEngine
 from rltune.rollout.pool import load_synced_weights
 from rltune.train import checkpoint as ckpt
 from rltune.train.critic import Critic, finish_critic_metrics
+# RunDirError and TrainingDivergedError are also imported from here (cli, tests, the visual trainers).
+from rltune.train.loop import RunDirError, RunLoop, TrainingDivergedError, finite_or_none, rng_state, set_rng_state
 from rltune.train.scoring import score_rows
 from rltune.train.torch_engine import TorchEngine
 from rltune.train.update import UpdateInputs, UpdateSpec
 from rltune.watchdog import Watchdog
 
 
-class RunDirError(RuntimeError):
-    pass
+class Trainer(RunLoop):
+    """Text LMs. The outer loop (fit, signals, eval cadence, checkpoints) is RunLoop's (rltune/train/loop.py)."""
 
-
-class TrainingDivergedError(RuntimeError):
-    pass
-
-
-class Trainer:
     def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
         from rltune._env import apply_defaults
 
         apply_defaults()  # also for Python-API users: offline, and malloc's mmap threshold pinned (RSS follows tensors)
-        self.recipe, self.base_dir = recipe, Path(base_dir)
+        resume_from = self._open_run(recipe, base_dir, resume, overwrite)
         r = recipe
-        self.run_dir = Path(r.run.run_dir)
-        self.ckpt_root = self.run_dir / "checkpoints"
-        resume_from = self._prepare_run_dir(resume, overwrite)
-        if r.run.threads:
-            torch.set_num_threads(r.run.threads)
-        _seed_everything(r.run.seed)
 
         # Policy: a checkpoint when resuming, else the SFT warm start, else model.path / model.tiny.
         start = None
@@ -152,8 +137,6 @@ class Trainer:
             self.critic = (self.engine.critic if c.train_ranks else
                            Critic(r.critic, r.model, start, r.run.seed, r.train.micro_batch_size))
         self.kl_ctl = algo.KLController(r.algo.kl_coef, r.algo.kl_target, r.algo.kl_horizon)
-        self.step = 0
-        self.best: tuple[float, int] | None = None
         if resume_from is not None:
             self._load_state(ckpt.load_state(resume_from))
         if c.rollout_workers:  # workers start from the same weights as the policy, at its version
@@ -164,80 +147,22 @@ class Trainer:
             placed = {"train_rank_nodes": getattr(self.engine, "nodes", []),
                       "rollout_worker_nodes": self.rollout.nodes() if c.rollout_workers else []}
             (self.run_dir / "cluster.json").write_text(json.dumps(placed, indent=1))
-        self._stop_signal: str | None = None
-        self._last_samples: list[dict[str, Any]] = []
-        self._skipped_in_a_row = 0
-        self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)
-        self.logger: MetricLogger | None = None
+        self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)  # last: its clock starts with the run
 
-    # ------------------------------------------------------------------------------------------- the loop
-    def fit(self) -> dict[str, Any]:
-        r = self.recipe
-        self.logger = MetricLogger(r.logging, self.run_dir, r.run.steps, r.model_dump(mode="json"), self.step,
-                                   r.run.name)
-        (self.run_dir / "recipe.yaml").write_text(dump_recipe(r))
-        last: dict[str, Any] = {}
-        with self._signals():
-            if self.step == 0 and self.eval_rows is not None:
-                with self.watchdog.watch("eval"):
-                    last = self.evaluate()
-                self.logger.log(0, last)
-            while self.step < r.run.steps and self._stop_signal is None:
-                last = self.train_step()
-                self.step += 1
-                self._check_diverged(last)
-                if self.eval_rows is not None and (
-                    (r.run.eval_interval and self.step % r.run.eval_interval == 0) or self.step == r.run.steps
-                ):
-                    with self.watchdog.watch("eval"):
-                        last |= self.evaluate()
-                    self._track_best(last)
-                self.logger.log(self.step, last, samples=self._last_samples)
-                if self.step % r.run.log_interval == 0 or self.step == r.run.steps:
-                    self.logger.progress(self.step, last)
-                if r.run.save_interval and self.step % r.run.save_interval == 0:
-                    self.save_checkpoint()
-            if self._stop_signal is not None:
-                path = self.save_checkpoint()
-                self.logger.print(f"[yellow]{self._stop_signal}: stopped after step {self.step}; saved {path}[/]",
-                                  always=True)
-            else:
-                self.save_checkpoint()
-                self.export(self.run_dir / "final")
-        self.logger.close()
-        self.watchdog.close()
+    # ------------------------------------------------------------------------------------ RunLoop hooks
+    def _has_eval(self) -> bool:
+        return self.eval_rows is not None
+
+    def _watched_eval(self) -> dict[str, float]:
+        with self.watchdog.watch("eval"):  # greedy generation over the whole eval set: name it if it hangs
+            return self.evaluate()
+
+    def _shutdown(self) -> None:
         self.rollout.shutdown()
         if hasattr(self.engine, "shutdown"):
             self.engine.shutdown()
-        return last
 
-    def _check_diverged(self, metrics: dict[str, Any]) -> None:
-        """Skipped steps (non-finite loss/grads) are counted; too many in a row stop the run. The last
-        checkpoint on disk was written before the trouble, so it is left as it is."""
-        self._skipped_in_a_row = self._skipped_in_a_row + 1 if metrics.get("train/skipped_step") else 0
-        limit = self.recipe.train.max_skipped_steps
-        if self._skipped_in_a_row >= limit:
-            self.logger.log(self.step, metrics)
-            self.logger.close()
-            self.watchdog.close()
-            last = ckpt.find_latest(self.ckpt_root)
-            raise TrainingDivergedError(
-                f"{limit} steps in a row had a non-finite loss or gradient (last at step {self.step}); weights were "
-                f"not updated by them. Last good checkpoint: {last or 'none'}. Lower train.lr, set "
-                "train.max_grad_norm, or check rewards/modifiers for inf; then `--resume`."
-            )
-
-    @contextlib.contextmanager
-    def _phase(self, timers: dict[str, float], key: str):
-        """Time a phase (metric `key`) and let the watchdog know which phase is running."""
-        with self.watchdog.watch(key), _timer(timers, key):
-            yield
-
-    @property
-    def stopped_by(self) -> str | None:
-        """The signal that stopped fit() early (a checkpoint was written), or None after a complete run."""
-        return self._stop_signal
-
+    # ------------------------------------------------------------------------------------------- the step
     def train_step(self) -> dict[str, Any]:
         r, a = self.recipe, self.recipe.algo
         state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
@@ -405,11 +330,6 @@ class Trainer:
         }
         return out
 
-    def _track_best(self, metrics: dict[str, Any]) -> None:
-        acc = metrics.get("eval/accuracy")
-        if acc is not None and (self.best is None or acc > self.best[0]):
-            self.best = (acc, self.step)
-
     # --------------------------------------------------------------------------------- state and files
     def _sampling(self, greedy: bool = False, seed: int | None = None) -> SamplingParams:
         ro = self.recipe.rollout
@@ -438,8 +358,7 @@ class Trainer:
             "best": self.best,
             "kl_ctl": self.kl_ctl.state_dict(),
             "critic": self.critic.state_dict() if self.critic is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": {**rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
 
     def _load_state(self, sd: dict[str, Any]) -> None:
@@ -453,16 +372,9 @@ class Trainer:
             self.kl_ctl.load_state_dict(sd["kl_ctl"])
         if self.critic is not None and sd.get("critic") is not None:
             self.critic.load_state_dict(sd["critic"])
-        torch.set_rng_state(sd["rng"]["torch"])
-        random.setstate(sd["rng"]["python"])
-        np.random.set_state(sd["rng"]["numpy"])
+        set_rng_state(sd["rng"])
         if sd["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(sd["rng"]["cuda"])
-
-    def save_checkpoint(self) -> Path:
-        with self.watchdog.watch("checkpoint"):
-            return ckpt.save_checkpoint(self.ckpt_root, self.step, self._save_model, self.state_dict(),
-                                        self.recipe.run.keep_last)
 
     def _save_model(self, path: Path) -> None:
         self.model.save_pretrained(path)
@@ -482,43 +394,6 @@ class Trainer:
         self.tok.save_pretrained(tmp)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
-
-    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> Path | None:
-        has_run = (self.run_dir / "metrics.jsonl").exists() or self.ckpt_root.exists()
-        if resume:
-            found = ckpt.find_latest(self.ckpt_root)
-            if found is None:
-                raise RunDirError(f"--resume: no valid checkpoint under {self.ckpt_root}; start without --resume")
-            return found
-        if has_run and not overwrite:
-            raise RunDirError(
-                f"{self.run_dir} already holds a run; pass --resume to continue it or --overwrite to start over "
-                "(or change run.name / run.output_dir)"
-            )
-        if has_run and overwrite:
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        return None
-
-    @contextlib.contextmanager
-    def _signals(self):
-        """SIGINT/SIGTERM finish the current step, then a checkpoint is written and fit() returns."""
-        def handler(signum, _frame):
-            if self._stop_signal is not None:  # second signal: stop now
-                raise KeyboardInterrupt
-            self._stop_signal = signal.Signals(signum).name
-
-        prev = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            for s in prev:
-                signal.signal(s, handler)
-        except ValueError:  # not the main thread (e.g. inside a Ray actor): no handlers
-            prev = {}
-        try:
-            yield
-        finally:
-            for s, h in prev.items():
-                signal.signal(s, h)
 
 
 class _EvalRows:
@@ -559,12 +434,8 @@ def _samples(batch: RolloutBatch, raw: torch.Tensor, k: int = 2) -> list[dict[st
     """The k best and k worst completions of a step, for the run report."""
     order = torch.argsort(torch.nan_to_num(raw, nan=-float("inf")), descending=True).tolist()
     pick = order[:k] + [i for i in order[-k:] if i not in order[:k]]
-    return [{"prompt": batch.prompts[i], "completion": batch.completions[i], "reward": _finite(raw[i])} for i in pick]
-
-
-def _finite(x: torch.Tensor) -> float | None:
-    v = float(x)
-    return v if np.isfinite(v) else None
+    return [{"prompt": batch.prompts[i], "completion": batch.completions[i], "reward": finite_or_none(raw[i])}
+            for i in pick]
 
 
 def _flat_groups(raw: torch.Tensor, group_id: torch.Tensor) -> float:
@@ -584,17 +455,3 @@ def _minibatches(n: int, epochs: int, mini_batches: int) -> list[torch.Tensor]:
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 17) % (2**31 - 1)
 
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def _timer(timers: dict[str, float], key: str):
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        timers[key] += time.perf_counter() - t0

@@ -7,52 +7,41 @@ rollout (no grad, every latent recorded) -> reward (images [N,3,H,W]) -> advanta
 -> update: the modifiers' extra_loss (AlignProp / Direct-Align re-run part of the chain *with* gradient through the
 policy handle in `DiffusionLossContext`; DDPO's clipped policy gradient uses the advantages), per micro-batch,
 then one optimizer step -> log / eval / checkpoint.
-Run-directory rules, signals, atomic checkpoints and `--resume` are those of rltune/trainer.py.
+Run-directory rules, signals, atomic checkpoints and `--resume` are RunLoop's (rltune/train/loop.py), as for text.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
-import shutil
-import signal
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from rltune import algo
-from rltune.config.load import dump_recipe
 from rltune.config.schema import Recipe
 from rltune.data.prompts import PromptLoader, load_rows
-from rltune.logging import MetricLogger
 from rltune.models.diffusion import load_diffusion_policy
 from rltune.modifiers.base import GradView, Modifier, PromptContext, StepState
 from rltune.modifiers.pipeline import ModifierError, ModifierPipeline
 from rltune.reward import RewardInput, RewardManager
 from rltune.reward.image import TextImageScorer, is_differentiable, weighted_image_reward
 from rltune.train import checkpoint as ckpt
-from rltune.trainer import RunDirError, TrainingDivergedError
+from rltune.train.loop import RunDirError, RunLoop, finite_or_none, rng_state, set_rng_state
 from rltune.visual.diffusion_context import DiffusionLossContext
 from rltune.watchdog import Watchdog
 
 EVAL_NOISE_SALT = 4_242
 
 
-class DiffusionTrainer:
+class DiffusionTrainer(RunLoop):
+    DIVERGED_ADVICE = "Lower train.lr or check the rewards for inf"
+
     def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
-        self.recipe, self.base_dir = recipe, Path(base_dir)
+        resume_from = self._open_run(recipe, base_dir, resume, overwrite)
         r = recipe
-        self.run_dir = Path(r.run.run_dir)
-        self.ckpt_root = self.run_dir / "checkpoints"
-        resume_from = self._prepare_run_dir(resume, overwrite)
-        if r.run.threads:
-            torch.set_num_threads(r.run.threads)
-        _seed_everything(r.run.seed)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
         # Policy: denoiser (+ LoRA) with its schedule, text encoder and VAE; only the trainable part is saved.
@@ -85,54 +74,26 @@ class DiffusionTrainer:
 
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, None, r.run.seed)
         self.eval_prompts = self._load_eval_prompts()
-        self.step = 0
-        self.best: tuple[float, int] | None = None
         if resume_from is not None:
             from safetensors.torch import load_file
 
             self.model.load_trained_state(load_file(str(resume_from / "model" / "denoiser_trained.safetensors")))
             self._load_state(ckpt.load_state(resume_from))
-        self._stop_signal: str | None = None
-        self._skipped_in_a_row = 0
-        self._last_samples: list[dict[str, Any]] = []
         self.last_eval_images: torch.Tensor | None = None
-        self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)
-        self.logger: MetricLogger | None = None
+        self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)  # last: its clock starts with the run
 
-    # ------------------------------------------------------------------------------------------- the loop
-    def fit(self) -> dict[str, Any]:
-        r = self.recipe
-        self.logger = MetricLogger(r.logging, self.run_dir, r.run.steps, r.model_dump(mode="json"), self.step,
-                                   r.run.name)
-        (self.run_dir / "recipe.yaml").write_text(dump_recipe(r))
-        last: dict[str, Any] = {}
-        with self._signals():
-            if self.step == 0 and self.eval_prompts:
-                last = self.evaluate()
-                self.logger.log(0, last)
-            while self.step < r.run.steps and self._stop_signal is None:
-                last = self.train_step()
-                self.step += 1
-                self._check_diverged(last)
-                if self.eval_prompts and ((r.run.eval_interval and self.step % r.run.eval_interval == 0)
-                                          or self.step == r.run.steps):
-                    last |= self.evaluate()
-                    self._track_best(last)
-                self.logger.log(self.step, last, samples=self._last_samples)
-                if self.step % r.run.log_interval == 0 or self.step == r.run.steps:
-                    self.logger.progress(self.step, last)
-                if r.run.save_interval and self.step % r.run.save_interval == 0:
-                    self.save_checkpoint()
-            path = self.save_checkpoint()
-            if self._stop_signal is not None:
-                self.logger.print(f"[yellow]{self._stop_signal}: stopped after step {self.step}; saved {path}[/]",
-                                  always=True)
-            else:
-                self.model.save_pretrained(self.run_dir / "final")
-        self.logger.close()
-        self.watchdog.close()
-        return last
+    # ------------------------------------------------------------------------------------ RunLoop hooks
+    def _has_eval(self) -> bool:
+        return bool(self.eval_prompts)
 
+    def _save_model(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+
+    def export(self, out: Path) -> None:
+        """The final folder holds what a checkpoint holds: the trained part of the denoiser."""
+        self.model.save_pretrained(out)
+
+    # ------------------------------------------------------------------------------------------- the step
     def train_step(self) -> dict[str, Any]:
         r = self.recipe
         state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
@@ -197,7 +158,7 @@ class DiffusionTrainer:
         metrics |= self.mods.on_step_end(metrics, state)
         order = torch.argsort(torch.nan_to_num(raw, nan=-math.inf), descending=True).tolist()
         self._last_samples = [{"prompt": texts[i], "completion": f"[image {i} of step {self.step + 1}]",
-                               "reward": _finite(raw[i])} for i in order[:2] + order[-2:]]
+                               "reward": finite_or_none(raw[i])} for i in order[:2] + order[-2:]]
         return metrics
 
     def _reward_fn(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -236,41 +197,11 @@ class DiffusionTrainer:
         # Few held-out prompts: each gets several fixed noises so the eval mean is over ≥ 16 images.
         return [p for p in prompts for _ in range(max(1, math.ceil(16 / len(prompts))))]
 
-    def _track_best(self, metrics: dict[str, Any]) -> None:
-        acc = metrics.get("eval/accuracy")
-        if acc is not None and (self.best is None or acc > self.best[0]):
-            self.best = (acc, self.step)
-
-    def _check_diverged(self, metrics: dict[str, Any]) -> None:
-        self._skipped_in_a_row = self._skipped_in_a_row + 1 if metrics.get("train/skipped_step") else 0
-        limit = self.recipe.train.max_skipped_steps
-        if self._skipped_in_a_row >= limit:
-            self.logger.log(self.step, metrics)
-            self.logger.close()
-            self.watchdog.close()
-            raise TrainingDivergedError(
-                f"{limit} steps in a row had a non-finite loss or gradient (last at step {self.step}); weights were "
-                f"not updated by them. Last good checkpoint: {ckpt.find_latest(self.ckpt_root) or 'none'}. Lower "
-                "train.lr or check the rewards for inf; then `--resume`.")
-
-    @property
-    def stopped_by(self) -> str | None:
-        return self._stop_signal
-
-    @contextlib.contextmanager
-    def _phase(self, timers: dict[str, float], key: str):
-        t0 = time.perf_counter()
-        with self.watchdog.watch(key):
-            try:
-                yield
-            finally:
-                timers[key] += time.perf_counter() - t0
-
     # --------------------------------------------------------------------------------- state and files
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "optimizer": self.opt.state_dict(), "lr_sched": self.lr_sched.state_dict(),
                 "loader": self.loader.state_dict(), "modifiers": self.mods.state_dict(), "best": self.best,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}}
+                "rng": rng_state()}
 
     def _load_state(self, sd: dict[str, Any]) -> None:
         self.step = sd["step"]
@@ -279,49 +210,7 @@ class DiffusionTrainer:
         self.loader.load_state_dict(sd["loader"])
         self.mods.load_state_dict(sd["modifiers"])
         self.best = sd.get("best")
-        torch.set_rng_state(sd["rng"]["torch"])
-        random.setstate(sd["rng"]["python"])
-        np.random.set_state(sd["rng"]["numpy"])
-
-    def save_checkpoint(self) -> Path:
-        with self.watchdog.watch("checkpoint"):
-            return ckpt.save_checkpoint(self.ckpt_root, self.step, self.model.save_pretrained, self.state_dict(),
-                                        self.recipe.run.keep_last)
-
-    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> Path | None:
-        has_run = (self.run_dir / "metrics.jsonl").exists() or self.ckpt_root.exists()
-        if resume:
-            found = ckpt.find_latest(self.ckpt_root)
-            if found is None:
-                raise RunDirError(f"--resume: no valid checkpoint under {self.ckpt_root}; start without --resume")
-            return found
-        if has_run and not overwrite:
-            raise RunDirError(f"{self.run_dir} already holds a run; pass --resume to continue it or --overwrite to "
-                              "start over (or change run.name / run.output_dir)")
-        if has_run and overwrite:
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        return None
-
-    @contextlib.contextmanager
-    def _signals(self):
-        """SIGINT/SIGTERM finish the current step, then a checkpoint is written and fit() returns."""
-        def handler(signum, _frame):
-            if self._stop_signal is not None:
-                raise KeyboardInterrupt
-            self._stop_signal = signal.Signals(signum).name
-
-        prev = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            for s in prev:
-                signal.signal(s, handler)
-        except ValueError:  # not the main thread
-            prev = {}
-        try:
-            yield
-        finally:
-            for s, h in prev.items():
-                signal.signal(s, h)
+        set_rng_state(sd["rng"])
 
 
 def _reward_input(prompts: list[str], meta: dict[str, list], images: torch.Tensor, step: int) -> RewardInput:
@@ -335,17 +224,6 @@ def _lr_lambda(kind: str, warmup: int, total: int):
         frac = min(1.0, step / max(1, total))
         return w * {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[kind]
     return f
-
-
-def _finite(x: torch.Tensor) -> float | None:
-    v = float(x)
-    return v if math.isfinite(v) else None
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 4) -> Path:

@@ -12,16 +12,14 @@ One step (B prompts = class labels, G samples each; a row holds T = Σ_t h_t·w_
             -> algo.aggregate -> optimizer step; then log / checkpoint
 Batch extras the modifiers read: scale_idx [N,T], scale_hw [N,S,2], image_hw [N,2], prefix_id [N], and every
 reward extra (boxes [N,K,4] NaN-padded, saliency [N,H,W], numbers [N]). Run-directory rules, signals and
-checkpoints are the text trainer's (rltune/trainer.py, rltune/train/checkpoint.py).
+checkpoints are RunLoop's, as for the text trainer (rltune/train/loop.py, rltune/train/checkpoint.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
-import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,15 +34,15 @@ from rltune.config.load import RecipeError, dump_recipe
 from rltune.config.schema import AlgoConfig, Recipe
 from rltune.data.batch import PromptBatch, RolloutBatch
 from rltune.data.prompts import PromptLoader, load_rows
-from rltune.logging import MetricLogger
 from rltune.models.var import VarPolicy, VarSample, build_var_policy, sample_var, scale_index, token_logprobs
 from rltune.modifiers.base import AdvantageContext, GradView, LossContext, PromptContext, RewardContext, StepState
 from rltune.modifiers.pipeline import ModifierPipeline
 from rltune.ops import entropy_from_logits, masked_mean
 from rltune.reward import RewardInput, RewardManager
 from rltune.train import checkpoint as ckpt
+from rltune.train.loop import RunLoop, finite_or_none, rng_state, set_rng_state
 from rltune.train.torch_engine import TorchEngine
-from rltune.trainer import Trainer, TrainingDivergedError, _minibatches, _seed_everything, _step_seed, _timer
+from rltune.trainer import _minibatches, _step_seed
 from rltune.watchdog import Watchdog
 
 STAGES = ("full", "prefix", "suffix")
@@ -61,18 +59,14 @@ class RolloutPlan:
     k: int = 1
 
 
-class VarTrainer:
+class VarTrainer(RunLoop):
+    NONFINITE = "gradient"
+    DIVERGED_ADVICE = "Lower train.lr, set train.max_grad_norm, or check rewards/modifiers"
+
     def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
-        self.recipe, self.base_dir = recipe, Path(base_dir)
         r = recipe
         _check_supported(r)
-        self.run_dir = Path(r.run.run_dir)
-        self.ckpt_root = self.run_dir / "checkpoints"
-        # Same run-directory rules as the text trainer (refuse an existing run unless resume/overwrite).
-        resume_from = Trainer._prepare_run_dir(self, resume, overwrite)
-        if r.run.threads:
-            torch.set_num_threads(r.run.threads)
-        _seed_everything(r.run.seed)
+        resume_from = self._open_run(recipe, base_dir, resume, overwrite)
 
         # One device: the GPU when there is one (the real-size recipe), else the CPU; batches live on the CPU and
         # cross to the device at the model's boundary (_sample, _decode, _logits).
@@ -93,72 +87,15 @@ class VarTrainer:
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, None, r.run.seed)
         self.eval_rows = self._load_eval_rows()
         self.engine = TorchEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
-        self.step = 0
-        self.best: tuple[float, int] | None = None
         if resume_from is not None:
             self._load_state(ckpt.load_state(resume_from))
-        self._stop_signal: str | None = None
-        self._skipped_in_a_row = 0
-        self._last_samples: list[dict[str, Any]] = []
-        self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)
-        self.logger: MetricLogger | None = None
+        self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)  # last: its clock starts with the run
 
-    @property
-    def stopped_by(self) -> str | None:
-        return self._stop_signal
+    # ------------------------------------------------------------------------------------ RunLoop hooks
+    def _has_eval(self) -> bool:
+        return self.eval_rows is not None
 
-    # ------------------------------------------------------------------------------------------- the loop
-    def fit(self) -> dict[str, Any]:
-        r = self.recipe
-        self.logger = MetricLogger(r.logging, self.run_dir, r.run.steps, r.model_dump(mode="json"), self.step,
-                                   r.run.name)
-        (self.run_dir / "recipe.yaml").write_text(dump_recipe(r))
-        last: dict[str, Any] = {}
-        with Trainer._signals(self):  # SIGINT/SIGTERM: finish the step, checkpoint, return
-            if self.step == 0 and self.eval_rows is not None:
-                last = self.evaluate()
-                self.logger.log(0, last)
-            while self.step < r.run.steps and self._stop_signal is None:
-                last = self.train_step()
-                self.step += 1
-                self._check_diverged(last)
-                if self.eval_rows is not None and ((r.run.eval_interval and self.step % r.run.eval_interval == 0)
-                                                   or self.step == r.run.steps):
-                    last |= self.evaluate()
-                    if self.best is None or last["eval/accuracy"] > self.best[0]:
-                        self.best = (last["eval/accuracy"], self.step)
-                self.logger.log(self.step, last, samples=self._last_samples)
-                if self.step % r.run.log_interval == 0 or self.step == r.run.steps:
-                    self.logger.progress(self.step, last)
-                if r.run.save_interval and self.step % r.run.save_interval == 0:
-                    self.save_checkpoint()
-            path = self.save_checkpoint()
-            if self._stop_signal is not None:
-                self.logger.print(f"[yellow]{self._stop_signal}: stopped after step {self.step}; saved {path}[/]",
-                                  always=True)
-            else:
-                self.export(self.run_dir / "final")
-        self.logger.close()
-        self.watchdog.close()
-        return last
-
-    def _check_diverged(self, metrics: dict[str, Any]) -> None:
-        """As the text trainer: steps with non-finite gradients are skipped; too many in a row stop the run."""
-        self._skipped_in_a_row = self._skipped_in_a_row + 1 if metrics.get("train/skipped_step") else 0
-        if self._skipped_in_a_row >= self.recipe.train.max_skipped_steps:
-            self.logger.log(self.step, metrics)
-            self.logger.close()
-            self.watchdog.close()
-            raise TrainingDivergedError(
-                f"{self._skipped_in_a_row} steps in a row had a non-finite gradient (last at step {self.step}); "
-                f"weights were not updated by them. Last good checkpoint: {ckpt.find_latest(self.ckpt_root) or 'none'}"
-                ". Lower train.lr, set train.max_grad_norm, or check rewards/modifiers; then `--resume`.")
-
-    @contextlib.contextmanager
-    def _phase(self, timers: dict[str, float], key: str):
-        with self.watchdog.watch(key), _timer(timers, key):
-            yield
-
+    # ------------------------------------------------------------------------------------------- the step
     def train_step(self) -> dict[str, Any]:
         r, a = self.recipe, self.recipe.algo
         state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
@@ -211,7 +148,7 @@ class VarTrainer:
         metrics["time/step"] = time.perf_counter() - t_step
         metrics |= self.mods.on_step_end(metrics, state)
         order = torch.argsort(torch.nan_to_num(raw, nan=-math.inf), descending=True).tolist()
-        self._last_samples = [{"prompt": batch.prompts[i], "reward": _finite(raw[i])} for i in order[:2] + order[-2:]]
+        self._last_samples = [{"prompt": batch.prompts[i], "reward": finite_or_none(raw[i])} for i in order[:2] + order[-2:]]
         return metrics
 
     # --------------------------------------------------------------------------------------- rollout
@@ -407,8 +344,7 @@ class VarTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "engine": self.engine.state_dict(), "loader": self.loader.state_dict(),
-                "modifiers": self.mods.state_dict(), "best": self.best,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}}
+                "modifiers": self.mods.state_dict(), "best": self.best, "rng": rng_state()}
 
     def _load_state(self, sd: dict[str, Any]) -> None:
         self.step = sd["step"]
@@ -416,14 +352,7 @@ class VarTrainer:
         self.loader.load_state_dict(sd["loader"])
         self.mods.load_state_dict(sd["modifiers"])
         self.best = sd.get("best")
-        torch.set_rng_state(sd["rng"]["torch"])
-        random.setstate(sd["rng"]["python"])
-        np.random.set_state(sd["rng"]["numpy"])
-
-    def save_checkpoint(self) -> Path:
-        with self.watchdog.watch("checkpoint"):
-            return ckpt.save_checkpoint(self.ckpt_root, self.step, self._save_model, self.state_dict(),
-                                        self.recipe.run.keep_last)
+        set_rng_state(sd["rng"])
 
     def export(self, out: Path) -> None:
         self._save_model(out)
@@ -491,8 +420,3 @@ def _reward_extras(extras: dict[str, list], n: int) -> dict[str, torch.Tensor]:
         else:
             out[key] = torch.tensor([math.nan if v is None else float(v) for v in vals], dtype=torch.float32)
     return out
-
-
-def _finite(x: torch.Tensor) -> float | None:
-    v = float(x)
-    return v if math.isfinite(v) else None

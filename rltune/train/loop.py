@@ -1,0 +1,246 @@
+"""`RunLoop`: the outer loop every trainer shares (text LMs in rltune/trainer.py, diffusion and VAR policies in
+rltune/visual/), so that the run-directory rules, signals, evaluation cadence, divergence stop and checkpoints
+behave alike whatever the policy.
+
+    fit():  eval at step 0 -> [train_step -> divergence check -> eval -> log -> checkpoint] until run.steps or a
+            signal -> checkpoint -> export to run_dir/final (complete run) or a "stopped" message (signal)
+
+A trainer subclasses it, calls `_open_run` first and creates `self.watchdog` last in its `__init__`, and provides
+the hooks: `train_step`, `evaluate`, `_has_eval`, `_save_model` (checkpoint weights), `export` (the final folder);
+optionally `_watched_eval` and `_shutdown`. The step itself stays in each trainer, read top to bottom.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rltune.config.load import dump_recipe
+from rltune.config.schema import Recipe
+from rltune.logging import MetricLogger
+from rltune.train import checkpoint as ckpt
+from rltune.watchdog import Watchdog
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+class TrainingDivergedError(RuntimeError):
+    pass
+
+
+class RunLoop:
+    recipe: Recipe
+    base_dir: Path
+    run_dir: Path
+    ckpt_root: Path
+    step: int
+    best: tuple[float, int] | None  # (best eval/accuracy, its step)
+    watchdog: Watchdog
+    logger: MetricLogger | None
+
+    # The TrainingDivergedError text: what went non-finite, and what to try (each trainer has its own knobs).
+    NONFINITE = "loss or gradient"
+    DIVERGED_ADVICE = "Lower train.lr, set train.max_grad_norm, or check rewards/modifiers for inf"
+
+    # ------------------------------------------------------------------------------------------- hooks
+    def train_step(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics; `eval/accuracy` ranks the run's best step."""
+        raise NotImplementedError
+
+    def _has_eval(self) -> bool:
+        raise NotImplementedError
+
+    def _save_model(self, path: Path) -> None:
+        """Write the weights a checkpoint resumes from into `path`."""
+        raise NotImplementedError
+
+    def export(self, out: Path) -> None:
+        """Write the finished run's model to `out` (run_dir/final)."""
+        raise NotImplementedError
+
+    def _watched_eval(self) -> dict[str, float]:
+        """evaluate() as fit() calls it; a trainer may run it under a watchdog phase (the text trainer does)."""
+        return self.evaluate()
+
+    def _shutdown(self) -> None:
+        """Release what outlives the run (rollout workers, training ranks); after the logger and watchdog close."""
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def fit(self) -> dict[str, Any]:
+        """Train until run.steps or SIGINT/SIGTERM; returns the last step's metrics."""
+        r = self.recipe
+        self.logger = MetricLogger(r.logging, self.run_dir, r.run.steps, r.model_dump(mode="json"), self.step,
+                                   r.run.name)
+        (self.run_dir / "recipe.yaml").write_text(dump_recipe(r))
+        last: dict[str, Any] = {}
+        with self._signals():
+            if self.step == 0 and self._has_eval():
+                last = self._watched_eval()
+                self.logger.log(0, last)
+            while self.step < r.run.steps and self._stop_signal is None:
+                last = self.train_step()
+                self.step += 1
+                self._check_diverged(last)
+                if self._has_eval() and (
+                    (r.run.eval_interval and self.step % r.run.eval_interval == 0) or self.step == r.run.steps
+                ):
+                    last |= self._watched_eval()
+                    self._track_best(last)
+                self.logger.log(self.step, last, samples=self._last_samples)
+                if self.step % r.run.log_interval == 0 or self.step == r.run.steps:
+                    self.logger.progress(self.step, last)
+                if r.run.save_interval and self.step % r.run.save_interval == 0:
+                    self.save_checkpoint()
+            path = self.save_checkpoint()
+            if self._stop_signal is not None:
+                self.logger.print(f"[yellow]{self._stop_signal}: stopped after step {self.step}; saved {path}[/]",
+                                  always=True)
+            else:
+                self.export(self.run_dir / "final")
+        self.logger.close()
+        self.watchdog.close()
+        self._shutdown()
+        return last
+
+    @property
+    def stopped_by(self) -> str | None:
+        """The signal that stopped fit() early (a checkpoint was written), or None after a complete run."""
+        return self._stop_signal
+
+    def _check_diverged(self, metrics: dict[str, Any]) -> None:
+        """Skipped steps (non-finite loss/grads) are counted; too many in a row stop the run. The last
+        checkpoint on disk was written before the trouble, so it is left as it is."""
+        self._skipped_in_a_row = self._skipped_in_a_row + 1 if metrics.get("train/skipped_step") else 0
+        limit = self.recipe.train.max_skipped_steps
+        if self._skipped_in_a_row >= limit:
+            self.logger.log(self.step, metrics)
+            self.logger.close()
+            self.watchdog.close()
+            last = ckpt.find_latest(self.ckpt_root)
+            raise TrainingDivergedError(
+                f"{limit} steps in a row had a non-finite {self.NONFINITE} (last at step {self.step}); weights were "
+                f"not updated by them. Last good checkpoint: {last or 'none'}. {self.DIVERGED_ADVICE}; then "
+                "`--resume`."
+            )
+
+    def _track_best(self, metrics: dict[str, Any]) -> None:
+        acc = metrics.get("eval/accuracy")
+        if acc is not None and (self.best is None or acc > self.best[0]):
+            self.best = (acc, self.step)
+
+    @contextlib.contextmanager
+    def _phase(self, timers: dict[str, float], key: str):
+        """Time a phase (metric `key`) and let the watchdog know which phase is running."""
+        with self.watchdog.watch(key), _timer(timers, key):
+            yield
+
+    # --------------------------------------------------------------------------------- run directory
+    def _open_run(self, recipe: Recipe, base_dir: str | Path, resume: bool, overwrite: bool) -> Path | None:
+        """The start of every trainer's __init__: the run directory (refuse an existing run unless resume /
+        overwrite), threads, seeds and the loop's counters. Returns the checkpoint to resume from, if any."""
+        self.recipe, self.base_dir = recipe, Path(base_dir)
+        r = recipe
+        self.run_dir = Path(r.run.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        resume_from = self._prepare_run_dir(resume, overwrite)
+        if r.run.threads:
+            torch.set_num_threads(r.run.threads)
+        seed_everything(r.run.seed)
+        self.step = 0  # _load_state sets step and best when resuming
+        self.best = None
+        self._stop_signal: str | None = None
+        self._skipped_in_a_row = 0
+        self._last_samples: list[dict[str, Any]] = []
+        self.logger = None
+        return resume_from
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> Path | None:
+        has_run = (self.run_dir / "metrics.jsonl").exists() or self.ckpt_root.exists()
+        if resume:
+            found = ckpt.find_latest(self.ckpt_root)
+            if found is None:
+                raise RunDirError(f"--resume: no valid checkpoint under {self.ckpt_root}; start without --resume")
+            return found
+        if has_run and not overwrite:
+            raise RunDirError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or --overwrite to start over "
+                "(or change run.name / run.output_dir)"
+            )
+        if has_run and overwrite:
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return None
+
+    def save_checkpoint(self) -> Path:
+        with self.watchdog.watch("checkpoint"):
+            return ckpt.save_checkpoint(self.ckpt_root, self.step, self._save_model, self.state_dict(),
+                                        self.recipe.run.keep_last)
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT/SIGTERM finish the current step, then a checkpoint is written and fit() returns."""
+        def handler(signum, _frame):
+            if self._stop_signal is not None:  # second signal: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+
+        prev = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in prev:
+                signal.signal(s, handler)
+        except ValueError:  # not the main thread (e.g. inside a Ray actor): no handlers
+            prev = {}
+        try:
+            yield
+        finally:
+            for s, h in prev.items():
+                signal.signal(s, h)
+
+
+def rng_state() -> dict[str, Any]:
+    """The CPU generators a checkpoint carries so a resumed run draws what the uninterrupted run drew."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def finite_or_none(x: torch.Tensor) -> float | None:
+    """A reward for the run report's samples: JSON has no NaN/inf."""
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+@contextlib.contextmanager
+def _timer(timers: dict[str, float], key: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timers[key] += time.perf_counter() - t0
