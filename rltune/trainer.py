@@ -56,9 +56,6 @@ class Trainer(RunLoop):
     """Text LMs. The outer loop (fit, signals, eval cadence, checkpoints) is RunLoop's (rltune/train/loop.py)."""
 
     def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
-        from rltune._env import apply_defaults
-
-        apply_defaults()  # also for Python-API users: offline, and malloc's mmap threshold pinned (RSS follows tensors)
         resume_from = self._open_run(recipe, base_dir, resume, overwrite)
         r = recipe
 
