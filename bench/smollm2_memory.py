@@ -190,7 +190,8 @@ def write_md(res: dict) -> str:
     L = [f"# SmolLM2-135M-Instruct: rltune vs TRL GRPOTrainer (CPU, fp32, threads {s['threads']})", "",
          f"{res['started']}; {res['machine']}. {s['prompts_per_step']} prompts × {s['samples_per_prompt']} samples, "
          f"{s['max_new_tokens']} new tokens, lr {s['lr']}, beta 0, token-mean (TRL dapo), micro batch 16, no "
-         f"gradient checkpointing; 1 warm-up + {s['timed_steps']} timed steps, each trainer in its own subprocess "
+         f"gradient checkpointing; malloc mmap threshold: {s.get('malloc_mmap_threshold', 'glibc default')} (both); "
+         f"1 warm-up + {s['timed_steps']} timed steps, each trainer in its own subprocess "
          "(peak RSS = wait4 ru_maxrss of that child).", "",
          "| metric | TRL | rltune | rltune / TRL | target |", "|---|---|---|---|---|",
          f"| peak RSS MB | {t['peak_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {res['ratios']['peak_rss']:.3f} | ≤ 0.50 |",
@@ -213,6 +214,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after 1 warm-up)")
     ap.add_argument("--order", choices=["trl-first", "rltune-first"], default="rltune-first")
+    ap.add_argument("--malloc-mmap-threshold", type=int, default=0,
+                    help="set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) for both children: tensors above it are mmapped "
+                         "and returned to the OS when freed, so RSS follows the live tensors (0 = glibc default)")
+    ap.add_argument("--tag", default="", help="suffix of the result files (smollm2_memory<tag>.{json,md})")
     ap.add_argument("--child", choices=["prepare", "rltune", "trl"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -224,6 +229,8 @@ def main() -> None:
     TMP.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **ENV_OFFLINE, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads),
                PYTHONPATH=str(ROOT))
+    if a.malloc_mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(a.malloc_mmap_threshold)
     if not (MODEL_DIR / "model.safetensors").is_file():
         print("dequantising the GGUF to", MODEL_DIR, flush=True)
         subprocess.run([sys.executable, __file__, "--child", "prepare"], cwd=ROOT, env=env, check=True)
@@ -247,7 +254,8 @@ def main() -> None:
                         "warmup_steps": 1, "prompts_per_step": PROMPTS, "samples_per_prompt": SAMPLES,
                         "max_new_tokens": MAX_NEW, "lr": LR, "micro_batch_size": MICRO, "dtype": "float32",
                         "beta": 0, "loss": "token-mean (TRL loss_type=dapo)", "gradient_checkpointing": False,
-                        "reward": "math accuracy (math-verify)", "n_problems": len(problems()), "order": list(runs)},
+                        "reward": "math accuracy (math-verify)", "n_problems": len(problems()), "order": list(runs),
+                        "malloc_mmap_threshold": a.malloc_mmap_threshold or "glibc default"},
            "ratio_definition": "rltune / TRL", "ratios": ratios,
            "targets": {"peak_rss_le_0.5": ratios["peak_rss"] <= 0.5,
                        "s_per_step_le_0.67": ratios["s_per_step_median"] <= 0.67},
@@ -258,9 +266,9 @@ def main() -> None:
                         "transformers": transformers.__version__, "trl": trl.__version__},
            "trl": t, "rltune": r}
     out = ROOT / "bench/results"
-    (out / "smollm2_memory.json").write_text(json.dumps(res, indent=1))
-    (out / "smollm2_memory.md").write_text(write_md(res))
-    print((out / "smollm2_memory.md").read_text())
+    (out / f"smollm2_memory{a.tag}.json").write_text(json.dumps(res, indent=1))
+    (out / f"smollm2_memory{a.tag}.md").write_text(write_md(res))
+    print((out / f"smollm2_memory{a.tag}.md").read_text())
 
 
 if __name__ == "__main__":
