@@ -104,11 +104,13 @@ class TorchEngine:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters (check model.lora / frozen layers)")
-        # foreach=False: the multi-tensor step allocates temporaries for all parameters at once (~0.6× the model
-        # in fp32: +300 MB at SmolLM2-135M); one tensor at a time costs nothing measurable on small models.
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=False
-        )
+        # fused: one kernel per parameter, in place. The default multi-tensor (foreach) step allocates temporaries
+        # for all parameters at once (+300 MB at SmolLM2-135M in fp32) and is slower on CPU (tiny model: −8% s/step).
+        kw = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        try:
+            self.optimizer = torch.optim.AdamW(self.params, fused=True, **kw)
+        except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+            self.optimizer = torch.optim.AdamW(self.params, foreach=False, **kw)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(cfg, total_steps))
         self.model.train()
 
