@@ -60,7 +60,11 @@ def decode(
     device = prompt_ids.device
     mask = prompt_mask.long()
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    # No left padding: a plain causal mask is exact (rows past EOS only feed their own ignored positions), and
+    # transformers skips building a 4-D mask each step.
+    padded = not bool(prompt_mask.all())
+    out = model(input_ids=prompt_ids, attention_mask=mask if padded else None, position_ids=pos, use_cache=True,
+                logits_to_keep=1)
     cache = _cache_of(out)
     if cache is None or not hasattr(cache, "reorder_cache"):
         return None
@@ -87,8 +91,9 @@ def decode(
         done = done | (tok == eos_token_id)
         if bool(done.all()) or t == params.max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones(N, 1, dtype=mask.dtype, device=device)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,
+        if padded:
+            mask = torch.cat([mask, torch.ones(N, 1, dtype=mask.dtype, device=device)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=mask if padded else None, position_ids=next_pos, use_cache=True,
                     logits_to_keep=1, **{cache_kwarg: cache})
         cache = _cache_of(out) or cache
         logits = out.logits[:, -1].float()

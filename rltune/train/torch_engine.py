@@ -44,7 +44,7 @@ def response_logprobs(
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         out = model(
             input_ids=input_ids,
-            attention_mask=attention_mask.long(),
+            attention_mask=_key_mask(attention_mask, P),
             position_ids=position_ids,
             logits_to_keep=T + 1,
             use_cache=False,
@@ -76,7 +76,7 @@ def _shared_prompt_logits(model, input_ids, attention_mask, P: int, T: int,
     if len(uniq) == len(key) and not always:
         return None
     pm = uniq[:, P:]
-    out_p = model(input_ids=uniq[:, :P], attention_mask=pm, position_ids=(pm.cumsum(-1) - 1).clamp(min=0),
+    out_p = model(input_ids=uniq[:, :P], attention_mask=_key_mask(pm, P), position_ids=(pm.cumsum(-1) - 1).clamp(min=0),
                   use_cache=True, logits_to_keep=1)
     cache = getattr(out_p, "cache", None) or getattr(out_p, "past_key_values", None)
     if cache is None or not hasattr(cache, "reorder_cache"):
@@ -84,10 +84,17 @@ def _shared_prompt_logits(model, input_ids, attention_mask, P: int, T: int,
     cache.reorder_cache(inv)  # index_select per layer: differentiable, so prompt gradients add up per row
     mask = attention_mask.long()
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]
-    out_r = model(input_ids=input_ids[:, P:], attention_mask=mask, position_ids=pos, use_cache=True,
+    out_r = model(input_ids=input_ids[:, P:], attention_mask=_key_mask(mask, P), position_ids=pos, use_cache=True,
                   logits_to_keep=T, **{_cache_kwarg(base): cache})
     # Position P−1 (the prompt's last) predicts response token 0; response positions 0..T−2 predict tokens 1..T−1.
     return torch.cat([out_p.logits[:, -1:][inv], out_r.logits[:, :-1]], dim=1)
+
+
+def _key_mask(attention_mask: torch.Tensor, P: int) -> torch.Tensor | None:
+    """The attention mask to pass, or None when no prompt is left-padded: with causal attention, padding after a
+    response's end only changes positions that get no loss, so a pure causal mask gives the same log-probs for
+    every real token, and transformers then skips building a 4-D mask (faster on small models)."""
+    return None if bool(attention_mask[:, :P].all()) else attention_mask.long()
 
 
 def _cache_kwarg(model: nn.Module) -> str:

@@ -81,3 +81,18 @@ def test_hints_fall_back_to_generate(policy):
     b = HFEngine(model, tok, decode="loop").generate(prompts, SamplingParams(n=2, max_new_tokens=4, seed=0))
     assert b.extras["hint_mask"][0, 0] and not b.extras["hint_mask"][1].any()
     assert b.response_ids[0, 0] == tok("1", add_special_tokens=False)["input_ids"][0]
+
+
+def test_prompts_without_padding_take_the_maskless_path_with_the_same_tokens(policy):
+    model, tok = policy
+    same_len = PromptBatch(prompts=["12+7=", "31+4=", "88+1="], meta={})  # no left padding: no attention mask
+    p = SamplingParams(n=2, max_new_tokens=7, greedy=True)
+    a = HFEngine(model, tok, decode="loop").generate(same_len, p)
+    b = HFEngine(model, tok, decode="generate").generate(same_len, p)
+    assert a.prompt_mask.all() and torch.equal(a.response_ids, b.response_ids)
+    s = HFEngine(model, tok, decode="loop").generate(same_len, SamplingParams(n=3, max_new_tokens=7, seed=2))
+    ids = torch.cat([s.prompt_ids, s.response_ids], 1)
+    mask = torch.cat([s.prompt_mask, s.response_mask], 1).long()
+    with torch.no_grad():
+        lp, _ = response_logprobs(model, ids, mask, s.response_ids.shape[1])
+    torch.testing.assert_close(s.rollout_logprobs[s.response_mask], lp[s.response_mask], rtol=1e-5, atol=1e-5)

@@ -57,3 +57,22 @@ def test_distinct_prompts_take_the_plain_path():
     model, tok = load_policy(ModelConfig(tiny=CFG), seed=0)
     ids, mask, T = _batch(tok, B=4, G=1)
     assert te._shared_prompt_logits(model, ids, mask, ids.shape[1] - T, T) is None
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_no_left_padding_drops_the_mask_without_changing_real_tokens(share, monkeypatch):
+    model, tok = load_policy(ModelConfig(tiny=CFG), seed=0)
+    g = torch.Generator().manual_seed(1)
+    B, G, P, T = 3, 2, 5, 4
+    ids = torch.cat([torch.randint(5, 90, (B, P), generator=g).repeat_interleave(G, 0),
+                     torch.randint(5, 90, (B * G, T), generator=g)], 1)
+    mask = torch.ones_like(ids)
+    mask[::2, -2:] = 0  # right padding after an early EOS: no loss there
+    if not share:
+        monkeypatch.setattr(te, "_shared_prompt_logits", lambda *a: None)
+    with torch.no_grad():
+        fast, _ = te.response_logprobs(model, ids, mask, T)
+        monkeypatch.setattr(te, "_key_mask", lambda m, P: m.long())  # always pass the mask
+        masked, _ = te.response_logprobs(model, ids, mask, T)
+    m = mask[:, -T:].bool()
+    torch.testing.assert_close(fast[m], masked[m], rtol=1e-5, atol=1e-6)
