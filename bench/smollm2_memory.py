@@ -7,7 +7,7 @@ see ../shared/bench/trl_baseline/README.md). It is dequantised to fp32 once and 
 Task: 32 one-step arithmetic word problems with integer answers, chat-templated; reward = math accuracy of the
 answer (rltune: the shipped `math_accuracy` reward; TRL: the same math-verify check as a TRL reward function).
 Settings (both): 4 prompts x 4 samples, 32 new tokens, T=1, fp32, lr 1e-6 constant, beta/kl 0, token-mean loss
-(TRL loss_type=dapo), one micro batch of 16, no gradient checkpointing, same torch threads; 1 warm-up + N timed steps.
+(TRL loss_type=dapo), one micro batch of 16, no gradient checkpointing (--gradient-checkpointing: both on), same torch threads; 1 warm-up + N timed steps.
 
 Each trainer runs in its own subprocess (this script with --child), reaped with os.wait4: ru_maxrss is that
 child's peak RSS alone. The box is shared: s/step is flagged as contaminated when the 1-min load average before a
@@ -84,7 +84,8 @@ def child_rltune(a) -> dict:
     r = recipe_from_dict({
         "run": {"name": "smollm2-memory", "seed": 0, "output_dir": str(TMP / "rltune_run"), "steps": 1 + a.steps,
                 "eval_interval": 0, "save_interval": 0, "threads": a.threads},
-        "model": {"path": str(MODEL_DIR), "tokenizer": str(MODEL_DIR), "dtype": "float32"},
+        "model": {"path": str(MODEL_DIR), "tokenizer": str(MODEL_DIR), "dtype": "float32",
+                  "gradient_checkpointing": a.gradient_checkpointing},
         "data": {"source": str(DATA), "prompt_column": "prompt", "answer_column": "answer", "chat_template": True,
                  "shuffle": False},
         "rollout": {"prompts_per_step": PROMPTS, "samples_per_prompt": SAMPLES, "max_new_tokens": MAX_NEW,
@@ -147,7 +148,7 @@ def child_trl(a) -> dict:
                      gradient_accumulation_steps=1, num_generations=SAMPLES, max_completion_length=MAX_NEW,
                      temperature=1.0, top_p=1.0, top_k=0, learning_rate=LR, lr_scheduler_type="constant",
                      warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, beta=0.0, num_iterations=1, epsilon=0.2,
-                     loss_type="dapo", scale_rewards="group", use_vllm=False, gradient_checkpointing=False,
+                     loss_type="dapo", scale_rewards="group", use_vllm=False, gradient_checkpointing=a.gradient_checkpointing,
                      bf16=False, fp16=False, use_cpu=True, logging_steps=1, save_strategy="no", report_to="none",
                      disable_tqdm=True, dataloader_num_workers=0, shuffle_dataset=False, seed=42,
                      log_completions=False)
@@ -165,7 +166,8 @@ def run_child(name: str, a, env: dict) -> dict:
     out, log = TMP / f"{name}.json", TMP / f"{name}.log"
     out.unlink(missing_ok=True)
     la = os.getloadavg()
-    cmd = [sys.executable, __file__, "--child", name, "--threads", str(a.threads), "--steps", str(a.steps)]
+    cmd = [sys.executable, __file__, "--child", name, "--threads", str(a.threads), "--steps", str(a.steps),
+           *(["--gradient-checkpointing"] if a.gradient_checkpointing else [])]
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -189,8 +191,8 @@ def write_md(res: dict) -> str:
     t, r, s = res["trl"], res["rltune"], res["settings"]
     L = [f"# SmolLM2-135M-Instruct: rltune vs TRL GRPOTrainer (CPU, fp32, threads {s['threads']})", "",
          f"{res['started']}; {res['machine']}. {s['prompts_per_step']} prompts × {s['samples_per_prompt']} samples, "
-         f"{s['max_new_tokens']} new tokens, lr {s['lr']}, beta 0, token-mean (TRL dapo), micro batch 16, no "
-         f"gradient checkpointing; malloc mmap threshold: {s.get('malloc_mmap_threshold', 'glibc default')} (both); "
+         f"{s['max_new_tokens']} new tokens, lr {s['lr']}, beta 0, token-mean (TRL dapo), micro batch 16, "
+         f"gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'} (both); malloc mmap threshold: {s.get('malloc_mmap_threshold', 'glibc default')} (both); "
          f"1 warm-up + {s['timed_steps']} timed steps, each trainer in its own subprocess "
          "(peak RSS = wait4 ru_maxrss of that child).", "",
          "| metric | TRL | rltune | rltune / TRL | target |", "|---|---|---|---|---|",
@@ -217,6 +219,7 @@ def main() -> None:
     ap.add_argument("--malloc-mmap-threshold", type=int, default=0,
                     help="set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) for both children: tensors above it are mmapped "
                          "and returned to the OS when freed, so RSS follows the live tensors (0 = glibc default)")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="both trainers recompute activations")
     ap.add_argument("--tag", default="", help="suffix of the result files (smollm2_memory<tag>.{json,md})")
     ap.add_argument("--child", choices=["prepare", "rltune", "trl"], help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -253,7 +256,7 @@ def main() -> None:
            "settings": {"model": str(MODEL_DIR.relative_to(ROOT)), "threads": a.threads, "timed_steps": a.steps,
                         "warmup_steps": 1, "prompts_per_step": PROMPTS, "samples_per_prompt": SAMPLES,
                         "max_new_tokens": MAX_NEW, "lr": LR, "micro_batch_size": MICRO, "dtype": "float32",
-                        "beta": 0, "loss": "token-mean (TRL loss_type=dapo)", "gradient_checkpointing": False,
+                        "beta": 0, "loss": "token-mean (TRL loss_type=dapo)", "gradient_checkpointing": a.gradient_checkpointing,
                         "reward": "math accuracy (math-verify)", "n_problems": len(problems()), "order": list(runs),
                         "malloc_mmap_threshold": a.malloc_mmap_threshold or "glibc default"},
            "ratio_definition": "rltune / TRL", "ratios": ratios,
