@@ -57,11 +57,11 @@ class VLLMEngine:
         try:
             import vllm
         except ImportError as e:
-            raise EngineUnavailableError("rollout.engine=vllm needs vLLM (CUDA only): pip install 'rltune[gpu]', or use "
-                              "rollout.engine=hf") from e
+            raise EngineUnavailableError("rollout.engine=vllm needs vLLM (CUDA only): pip install 'rltune[gpu]', "
+                                         "or use rollout.engine=hf") from e
         if not torch.cuda.is_available():
-            raise EngineUnavailableError("rollout.engine=vllm needs a CUDA GPU in this process (Ray rollout workers: set "
-                               "cluster.gpus_per_worker); on CPU use rollout.engine=hf")
+            raise EngineUnavailableError("rollout.engine=vllm needs a CUDA GPU in this process (Ray rollout workers: "
+                                         "set cluster.gpus_per_worker); on CPU use rollout.engine=hf")
         # In-process engine: weight sync hands tensors to the model directly instead of pickling them to a
         # separate engine process.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
