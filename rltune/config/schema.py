@@ -504,6 +504,12 @@ class Recipe(Section):
             raise ValueError(f"train.micro_batch_size={self.train.micro_batch_size} must divide each mini-batch "
                              f"({n} rows / algo.mini_batches={mini} = {n // mini}); try "
                              f"{_divisor_near(n // mini, self.train.micro_batch_size)}")
+        ranks = self.cluster.train_ranks
+        if ranks > 1 and self.cluster.zero_stage == 3 and (n // mini) % ranks:
+            # A ZeRO-3 forward is collective: ranks with unequal shares would run unequal numbers of forwards.
+            raise ValueError(f"with cluster.zero_stage=3 each mini-batch ({n // mini} rows) must split evenly over "
+                             f"cluster.train_ranks={ranks}; change rollout.prompts_per_step, samples_per_prompt or "
+                             "algo.mini_batches")
         if a.advantage == "gae" and self.critic is None:
             raise ValueError("algo.advantage=gae needs a value model: add a `critic:` section (e.g. `critic: {lr: "
                              "1.0e-5}`; it starts from the policy's model) or pick a critic-free estimator ("

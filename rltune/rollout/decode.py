@@ -93,8 +93,8 @@ def decode(
             break
         if padded:
             mask = torch.cat([mask, torch.ones(N, 1, dtype=mask.dtype, device=device)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=mask if padded else None, position_ids=next_pos, use_cache=True,
-                    logits_to_keep=1, **{cache_kwarg: cache})
+        out = model(input_ids=tok[:, None], attention_mask=mask if padded else None, position_ids=next_pos,
+                    use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
         cache = _cache_of(out) or cache
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1

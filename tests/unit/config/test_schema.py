@@ -67,3 +67,12 @@ def test_override_into_list_index():
     raw = merge(TINY, {})
     apply_override(raw, "rewards.0.weight=0.5")
     assert raw["rewards"][0]["weight"] == 0.5
+
+
+def test_zero3_mini_batches_must_split_evenly_over_the_ranks():
+    ok = merge(TINY, {"cluster": {"train_ranks": 2, "zero_stage": 3}})  # 16 rows over 2 ranks
+    recipe_from_dict(ok)
+    bad = merge(TINY, {"cluster": {"train_ranks": 3, "zero_stage": 3}})  # 16 rows over 3 ranks
+    with pytest.raises(Exception, match="split evenly over cluster.train_ranks=3"):
+        recipe_from_dict(bad)
+    recipe_from_dict(merge(TINY, {"cluster": {"train_ranks": 3, "zero_stage": 2}}))  # only ZeRO-3's forward is collective
