@@ -40,12 +40,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rltune.rollout.hf_engine import PromptTooLongError
     from rltune.rollout.vllm_engine import EngineUnavailableError
     from rltune.sft import SFTError
+    from rltune.train.checkpoint import CheckpointError
     from rltune.train.worker import TrainRankDiedError
     from rltune.trainer import RunDirError, TrainingDivergedError
 
     return (RecipeError, DataError, ModelLoadError, ModifierError, PluginError, RewardError, PromptTooLongError,
             SFTError, RunDirError, TrainingDivergedError, DynamicSamplingError, TrainRankDiedError,
-            EngineUnavailableError)
+            EngineUnavailableError, CheckpointError)
 
 
 def _fail(e: BaseException) -> None:

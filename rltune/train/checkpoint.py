@@ -1,9 +1,11 @@
 """Atomic, verifiable checkpoints.
 
-Layout: `<run>/checkpoints/step_000040/{model/, state.pt, manifest.json}` plus `<run>/checkpoints/latest`.
+Layout: `<run>/checkpoints/step_000040/{model/, state.json, state.safetensors, manifest.json}` plus `<run>/checkpoints/latest`.
 A checkpoint is written into a temporary sibling folder, fsynced, then renamed into place, and `latest` is
 replaced atomically after that: a `kill -9` at any moment leaves the previous checkpoint valid. The manifest
-holds a sha256 per file; loading verifies it and falls back to the newest intact checkpoint.
+holds a sha256 per file; loading verifies it and falls back to the newest intact checkpoint. The manifest guards
+against torn writes, not tampering (it lives in the same folder), so nothing here is read with pickle: see
+state_io.py.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from rltune.train.state_io import StateFormatError, save_state
+from rltune.train.state_io import load_state as _load_state
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,10 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(tmp / "model")
-    torch.save(state, tmp / "state.pt")
+    try:
+        save_state(state, tmp)
+    except StateFormatError as e:
+        raise CheckpointError(str(e)) from None
     files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "created": time.time(), "files": files}, indent=1))
     _fsync_tree(tmp)
@@ -120,5 +126,8 @@ def find_latest(ckpt_root: Path) -> Path | None:
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:
-    # weights_only=False: the state holds RNG states and plain Python containers written by this process.
-    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    """The training state of `ckpt`; CheckpointError (a user error, exit 2) when it cannot be read safely."""
+    try:
+        return _load_state(ckpt)
+    except StateFormatError as e:
+        raise CheckpointError(f"--resume: {e}") from None

@@ -67,7 +67,7 @@ def test_corrupt_latest_checkpoint_falls_back(tiny_recipe):
     t.fit()
     root = t.ckpt_root
     assert ckpt.find_latest(root).name == "step_000002"
-    state = root / "step_000002" / "state.pt"
+    state = root / "step_000002" / "state.safetensors"
     state.write_bytes(state.read_bytes()[:-10])  # a torn write
     assert ckpt.find_latest(root).name == "step_000001"
     # a leftover temp folder from a writer killed mid-save is ignored and cleaned up
