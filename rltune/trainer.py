@@ -57,6 +57,8 @@ class Trainer(RunLoop):
 
     def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
         resume_from = self._open_run(recipe, base_dir, resume, overwrite)
+        if resume_from is not None:
+            ckpt.refuse_unexpected_pickles(resume_from)
         r = recipe
 
         # Policy: a checkpoint when resuming, else the SFT warm start, else model.path / model.tiny.

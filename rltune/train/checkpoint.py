@@ -125,6 +125,25 @@ def find_latest(ckpt_root: Path) -> Path | None:
     return None
 
 
+# Files rltune reads with a (restricted) pickle loader: a legacy state.pt and VAR model.pt (weights_only=True),
+# DeepSpeed's shards (rltune/train/deepspeed_engine.py loads them with weights_only=True).
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_KNOWN_PICKLES = ("state.pt", "model/model.pt")
+
+
+def refuse_unexpected_pickles(ckpt: Path) -> None:
+    """CheckpointError when `ckpt` holds pickle files rltune never writes (e.g. a planted model/*.bin)."""
+    odd = [str(p.relative_to(ckpt)) for p in sorted(ckpt.rglob("*"))
+           if p.suffix in _PICKLE_SUFFIXES and p.is_file() and p.relative_to(ckpt).parts[0] != "deepspeed"
+           and str(p.relative_to(ckpt)) not in _KNOWN_PICKLES]
+    if odd:
+        raise CheckpointError(
+            f"--resume: {ckpt} holds pickle files that rltune does not write: {', '.join(odd[:5])}. A pickle can "
+            "run code when loaded, so this checkpoint is refused; if you did not put them there, treat the run "
+            "directory as tampered with."
+        )
+
+
 def load_state(ckpt: Path) -> dict[str, Any]:
     """The training state of `ckpt`; CheckpointError (a user error, exit 2) when it cannot be read safely."""
     try:

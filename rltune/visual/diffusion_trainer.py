@@ -41,6 +41,8 @@ class DiffusionTrainer(RunLoop):
 
     def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
         resume_from = self._open_run(recipe, base_dir, resume, overwrite)
+        if resume_from is not None:
+            ckpt.refuse_unexpected_pickles(resume_from)
         r = recipe
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -1,0 +1,114 @@
+"""A tampered checkpoint cannot run code on `--resume`.
+
+The checksum manifest lives next to the files it covers, so whoever can write the run directory can also
+recompute it: safety has to come from the formats. Here an attacker plants a pickle whose __reduce__ writes a
+marker file, recomputes the manifest, and `rltune train --resume` must refuse (exit 2, no traceback) without
+running it.
+"""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rltune.train import checkpoint as ckpt
+from rltune.train.state_io import load_state, save_state
+from tests.conftest import ROOT, TINY, merge
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _rewrite_manifest(folder: Path) -> None:
+    manifest = json.loads((folder / ckpt.MANIFEST).read_text())
+    manifest["files"] = {str(p.relative_to(folder)): ckpt._sha256(p) for p in sorted(folder.rglob("*"))
+                         if p.is_file() and p.name != ckpt.MANIFEST}
+    (folder / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    assert ckpt.verify(folder)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("safety")
+    recipe = tmp / "r.yaml"
+    recipe.write_text(yaml.safe_dump(merge(TINY, {"run": {"steps": 1, "output_dir": str(tmp / "run")}})))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "rltune.cli", "train", str(recipe)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return recipe, tmp / "run" / "checkpoints" / "step_000001", env
+
+
+def _resume(recipe: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rltune.cli", "train", str(recipe), "--resume"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("planted", ["state.pt", "model/pytorch_model.bin"])
+def test_resume_refuses_a_planted_pickle(trained, tmp_path, planted):
+    recipe, step, env = trained
+    marker = tmp_path / "pwned"
+    saved = {p: p.read_bytes() for p in step.rglob("*") if p.is_file()}
+    try:
+        if planted == "state.pt":  # the format older rltune wrote, still read (safely) for old runs
+            (step / "state.json").unlink()
+            (step / "state.safetensors").unlink()
+        else:  # transformers would prefer safetensors, so the attacker removes them
+            (step / "model" / "model.safetensors").unlink()
+        with open(step / planted, "wb") as f:
+            pickle.dump({"step": _Payload(marker)}, f)
+        _rewrite_manifest(step)
+        r = _resume(recipe, env)
+        assert not marker.exists(), "the pickle payload ran"
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr and "error:" in r.stderr
+    finally:
+        for p in step.rglob("*"):
+            if p.is_file() and p not in saved:
+                p.unlink()
+        for p, data in saved.items():
+            p.write_bytes(data)
+    # the untouched checkpoint still resumes
+    ok = _resume(recipe, env)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_state_round_trips_exactly(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = {"step": 3, "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                                "torch": torch.get_rng_state()},
+             "optimizer": {"state": {0: {"step": torch.tensor(2.0), "exp_avg": torch.ones(2, 3)[:, 1]}},
+                           "param_groups": [{"betas": (0.9, 0.999), "params": [0], "lr": 1e-3}]},
+             "best": (0.5, 2), "np": np.float32(0.25), "__tuple__": "a key that looks like a tag"}
+    save_state(state, tmp_path)
+    back = load_state(tmp_path)
+    assert back["rng"]["python"] == state["rng"]["python"]
+    np.testing.assert_array_equal(back["rng"]["numpy"][1], state["rng"]["numpy"][1])
+    assert back["rng"]["numpy"][1].dtype == np.uint32 and back["rng"]["numpy"][0] == "MT19937"
+    assert torch.equal(back["rng"]["torch"], state["rng"]["torch"])
+    assert list(back["optimizer"]["state"]) == [0]  # int keys stay ints (optimizer.load_state_dict needs them)
+    assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], torch.ones(2))
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert back["best"] == (0.5, 2) and back["np"] == np.float32(0.25) and type(back["np"]) is np.float32
+    assert back["__tuple__"] == "a key that looks like a tag"
+
+
+def test_state_refuses_objects_it_cannot_store(tmp_path):
+    from rltune.train.state_io import StateFormatError
+
+    with pytest.raises(StateFormatError, match=r"state.modifiers.mine: a object cannot be stored safely"):
+        save_state({"modifiers": {"mine": object()}}, tmp_path)
