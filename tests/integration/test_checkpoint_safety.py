@@ -112,3 +112,24 @@ def test_state_refuses_objects_it_cannot_store(tmp_path):
 
     with pytest.raises(StateFormatError, match=r"state.modifiers.mine: a object cannot be stored safely"):
         save_state({"modifiers": {"mine": object()}}, tmp_path)
+
+
+def test_a_legacy_state_pt_still_loads_safely(tmp_path):
+    """Checkpoints from before the JSON + safetensors format hold torch.save(state): tensors, plain values and
+    numpy's RNG state. They resume (read with weights_only=True); only a pickle that holds more is refused."""
+    import random
+
+    import numpy as np
+
+    state = {"step": 7, "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                                "torch": torch.get_rng_state()}, "best": (0.25, 3)}
+    torch.save(state, tmp_path / "state.pt")
+    back = ckpt.load_state(tmp_path)
+    assert back["step"] == 7 and back["best"] == (0.25, 3)
+    np.testing.assert_array_equal(back["rng"]["numpy"][1], state["rng"]["numpy"][1])
+    assert torch.equal(back["rng"]["torch"], state["rng"]["torch"])
+    with open(tmp_path / "state.pt", "wb") as f:
+        pickle.dump({"step": _Payload(tmp_path / "pwned")}, f)
+    with pytest.raises(ckpt.CheckpointError, match="a pickle can run code"):
+        ckpt.load_state(tmp_path)
+    assert not (tmp_path / "pwned").exists()
