@@ -213,6 +213,12 @@ class TrainGroup:
 
         try:
             return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+        except ray.exceptions.RayTaskError as e:
+            from rltune.train.checkpoint import CheckpointError
+
+            if isinstance(e.cause, CheckpointError):  # a refused checkpoint: its message, not Ray's traceback
+                raise CheckpointError(str(e.cause)) from None
+            raise
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
             raise TrainRankDiedError(
                 f"a training rank died during `{method}` ({type(e).__name__}). The run stops here: the last checkpoint "

@@ -133,3 +133,53 @@ def test_a_legacy_state_pt_still_loads_safely(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="a pickle can run code"):
         ckpt.load_state(tmp_path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_deepspeed_loads_allow_only_its_own_types(tmp_path):
+    """DeepSpeed itself reads its shards with weights_only=False; the engine swaps in a weights_only=True load
+    that allows the few DeepSpeed types a ZeRO shard holds."""
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    from rltune.train.deepspeed_engine import _WeightsOnlyLoads
+
+    loads = _WeightsOnlyLoads(object())
+    shard = {"zero_stage": ZeroStageEnum.gradients, "loss_scaler": LossScaler(1.0),
+             "param_slice_mappings": [{"w": fragment_address(numel=4, start=0)}], "fp32": torch.ones(4)}
+    torch.save(shard, tmp_path / "optim_states.pt")
+    back = loads.load(str(tmp_path / "optim_states.pt"))
+    assert back["zero_stage"] == ZeroStageEnum.gradients and back["loss_scaler"].cur_scale == 1.0
+    assert back["param_slice_mappings"][0]["w"].numel == 4 and torch.equal(back["fp32"], torch.ones(4))
+    with open(tmp_path / "optim_states.pt", "wb") as f:
+        pickle.dump({"zero_stage": _Payload(tmp_path / "pwned")}, f)
+    with pytest.raises(pickle.UnpicklingError):
+        loads.load(str(tmp_path / "optim_states.pt"))
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_planted_deepspeed_shard(tiny_recipe, tmp_path):
+    pytest.importorskip("deepspeed")
+    pytest.importorskip("ray")
+    from rltune.trainer import Trainer
+
+    over = {"run": {"steps": 1}, "cluster": {"train_ranks": 2, "zero_stage": 2}, "train": {"micro_batch_size": 2}}
+    t = Trainer(tiny_recipe(**over), overwrite=True)
+    t.fit()
+    t.engine.shutdown()
+    step = ckpt.find_latest(t.ckpt_root)
+    shard = next((step / "deepspeed").rglob("*optim_states.pt"))
+    marker = tmp_path / "pwned"
+    with open(shard, "wb") as f:
+        pickle.dump({"optimizer_state_dict": _Payload(marker)}, f)
+    _rewrite_manifest(step)
+    import ray
+
+    try:
+        with pytest.raises(ckpt.CheckpointError, match="DeepSpeed shard") as e:
+            Trainer(tiny_recipe(**over), resume=True)
+    finally:
+        ray.shutdown()  # the refused trainer's ranks hold the local Ray's CPUs
+    assert not marker.exists() and "Traceback" not in str(e.value)
