@@ -162,6 +162,18 @@ def test_no_process_outlives_the_call():
 
 
 @needs_bwrap
+def test_the_process_limit_holds():
+    rc, out = _run("import os, time\n"
+                   "n = 0\n"
+                   "try:\n    for _ in range(100):\n"
+                   "        if os.fork() == 0:\n            time.sleep(3); os._exit(0)\n"
+                   "        n += 1\n"
+                   "except OSError:\n    pass\n"
+                   "print(n)\n", timeout_s=4, max_procs=8)
+    assert rc == 0 and 0 < int(out) < 8, out  # the program itself counts against max_procs
+
+
+@needs_bwrap
 def test_a_fork_bomb_is_contained():
     t0 = time.time()
     token = f"{int(time.time() * 1000) % 10**9}"
