@@ -170,7 +170,9 @@ class _WeightsOnlyLoads:
         from deepspeed.runtime.zero.config import ZeroStageEnum
         from deepspeed.utils.tensor_fragment import fragment_address
 
-        with torch.serialization.safe_globals([fragment_address, ZeroStageEnum, LossScaler, DynamicLossScaler]):
+        from rltune.train.state_io import allow_globals
+
+        with allow_globals([fragment_address, ZeroStageEnum, LossScaler, DynamicLossScaler]):
             return torch.load(path, map_location=map_location, weights_only=True)
 
 

@@ -121,7 +121,7 @@ def _load_legacy(path: Path) -> dict[str, Any]:
     allowed = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), type(np.dtype(np.float64)),
                type(np.dtype(np.int64)), _np_reconstruct()]
     try:
-        with torch.serialization.safe_globals(allowed):
+        with allow_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -130,6 +130,16 @@ def _load_legacy(path: Path) -> dict[str, Any]:
             f"RNG state, so it was not loaded: a pickle can run code when read ({first}). If you did not write "
             "this checkpoint, treat the run directory as tampered with; else start afresh with --overwrite."
         ) from None
+
+
+def allow_globals(types: list):
+    """torch.load(weights_only=True) may build these types too (a context on torch >= 2.5, global on 2.4)."""
+    import contextlib
+
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals(types)
+    torch.serialization.add_safe_globals(types)  # pragma: no cover - torch 2.4
+    return contextlib.nullcontext()
 
 
 def _np_reconstruct():
