@@ -65,14 +65,17 @@ def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. algo.kl_coef=0.01"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run directory first."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run directory rltune created: the old "
+                                   "run is deleted once the recipe's model, data and rewards have loaded."),
+    allow_changes: bool = typer.Option(False, "--allow-changes", help="With --resume: accept recipe changes to "
+                                       "run.steps, intervals and logging (recorded in recipe_history.jsonl)."),
 ) -> None:
     """Run RL post-training from a recipe."""
     try:
         r = _load(recipe, overrides or [])
         from rltune.trainer import build_trainer
 
-        trainer = build_trainer(r, resume=resume, overwrite=overwrite)
+        trainer = build_trainer(r, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
         _print_plan(r, trainer)
         trainer.fit()
     except _user_errors() as e:
@@ -123,7 +126,7 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) ->
             bad += 1
             out.print(f"[red]fail[/] {path}\n{e}", highlight=False)
     if bad:
-        raise typer.Exit(1)
+        raise typer.Exit(2)  # a bad recipe is a user error, as in train/show
 
 
 @app.command()
@@ -230,6 +233,7 @@ def _eval_model(r, path: str) -> dict:
     })
     t = Trainer(tmp, overwrite=True)
     res = t.evaluate()
+    t.release()
     import shutil
 
     shutil.rmtree(Path(path) / ".eval", ignore_errors=True)

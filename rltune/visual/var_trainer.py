@@ -63,10 +63,9 @@ class VarTrainer(RunLoop):
     NONFINITE = "gradient"
     DIVERGED_ADVICE = "Lower train.lr, set train.max_grad_norm, or check rewards/modifiers"
 
-    def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
-        r = recipe
+    def _build(self, resume_from: Path | None) -> None:
+        r = self.recipe
         _check_supported(r)
-        resume_from = self._open_run(recipe, base_dir, resume, overwrite)
 
         # One device: the GPU when there is one (the real-size recipe), else the CPU; batches live on the CPU and
         # cross to the device at the model's boundary (_sample, _decode, _logits).
@@ -86,6 +85,7 @@ class VarTrainer(RunLoop):
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, None, r.run.seed)
         self.eval_rows = self._load_eval_rows()
+        self._claim_run_dir()  # policy, rewards, modifiers and data loaded: --overwrite may now delete
         self.engine = TorchEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
         if resume_from is not None:
             self._load_state(ckpt.load_state(resume_from))
