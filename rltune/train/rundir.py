@@ -54,11 +54,23 @@ def prepare(run_dir: Path) -> None:
     (run_dir / MARKER).write_text("created by rltune; `rltune train --overwrite` may empty this folder\n")
 
 
+_HELD: dict[str, "RunLock"] = {}  # run dir -> the lock this process holds on it
+
+
 class RunLock:
-    """An exclusive flock on <run>/.rltune.lock; a second trainer on the folder gets a RunDirError with the pid."""
+    """An exclusive flock on <run>/.rltune.lock; a trainer in another process gets a RunDirError with the pid.
+
+    Within one process a new lock on the same folder takes the lock over from the earlier object (a Trainer that
+    was built but never fit or released, e.g. in a notebook): fit() blocks, so one process runs one trainer."""
 
     def __init__(self, run_dir: Path):
         path = run_dir / LOCK
+        self._key = os.path.realpath(run_dir)
+        earlier = _HELD.get(self._key)
+        if earlier is not None and earlier._fd is not None:
+            self._fd, earlier._fd = earlier._fd, None
+            _HELD[self._key] = self
+            return
         try:
             self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -74,11 +86,17 @@ class RunLock:
                               "it, or set another run.name / run.output_dir") from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[self._key] = self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)  # closing drops the flock
+            if _HELD is not None and _HELD.get(self._key) is self:  # None at interpreter shutdown
+                del _HELD[self._key]
+
+    def __del__(self) -> None:
+        self.release()
 
 
 def empty_for_overwrite(run_dir: Path) -> None:
