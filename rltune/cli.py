@@ -165,6 +165,11 @@ def eval_cmd(
     """Greedy held-out accuracy of a saved model."""
     try:
         r = _load(recipe, overrides or [])
+        if not (checkpoint / "config.json").is_file():
+            from rltune.models.policy import ModelLoadError
+
+            raise ModelLoadError(f"--checkpoint {checkpoint}: not a model folder (no config.json); give a run's "
+                                 "final/ folder, an SFT output or a checkpoint's model/ folder")
         out.print(json.dumps(_eval_model(r, str(checkpoint))))
     except _user_errors() as e:
         _fail(e)
@@ -223,20 +228,25 @@ def init(
 
 
 def _eval_model(r, path: str) -> dict:
+    import tempfile
+
     from rltune.trainer import Trainer
 
+    scratch = tempfile.mkdtemp(prefix="rltune-eval-")  # not inside the model folder, which may be read-only
     tmp = r.model_copy(update={
-        "run": r.run.model_copy(update={"output_dir": str(Path(path) / ".eval")}),
+        "run": r.run.model_copy(update={"output_dir": str(Path(scratch) / "run")}),
         "model": r.model.model_copy(update={"path": path, "tiny": None, "lora": None}),
         "sft": None,
         "logging": r.logging.model_copy(update={"console": False, "jsonl": False}),
     })
-    t = Trainer(tmp, overwrite=True)
-    res = t.evaluate()
-    t.release()
     import shutil
 
-    shutil.rmtree(Path(path) / ".eval", ignore_errors=True)
+    try:
+        t = Trainer(tmp)
+        res = t.evaluate()
+        t.release()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return res
 
 

@@ -491,3 +491,17 @@ def test_jsonl_line_that_is_not_an_object(tmp_path, at_root, line, what):
     data.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n\n" + line + "\n")
     code, out = _cli("train", _write(tmp_path, {"data": {"source": str(data)}}))
     assert code == 2 and f"{data}, line 3: {what}" in out and "one JSON object" in out
+
+
+# --- Raw tracebacks (every user error in `eval`): a --checkpoint that is not a model folder
+def test_eval_checkpoint_that_is_not_a_model_folder(tmp_path, at_root):
+    recipe = _write(tmp_path)
+    code, out = _cli("eval", recipe, "--checkpoint", tmp_path / "nope")
+    assert code == 2 and "not a model folder (no config.json)" in out
+    assert not (tmp_path / "nope").exists()  # nothing created at the user's path
+    assert _cli("train", recipe)[0] == 0
+    final = tmp_path / "run" / "final"
+    before = sorted(p.name for p in final.iterdir())
+    code, out = _cli("eval", recipe, "--checkpoint", final)
+    assert code == 0 and "eval/accuracy" in out
+    assert sorted(p.name for p in final.iterdir()) == before  # the scratch run lives outside the model folder
