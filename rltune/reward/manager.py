@@ -246,10 +246,12 @@ def _call(fn: Callable, inp: RewardInput, timeout_s: float | None) -> Any:
     if timeout_s is None:
         return _guarded(fn, inp)
     box: dict[str, Any] = {}
+    grad = torch.is_grad_enabled()  # grad mode is per thread: carry the caller's (no_grad) into the call
 
     def target() -> None:
         try:
-            box["out"] = _guarded(fn, inp)
+            with torch.set_grad_enabled(grad):
+                box["out"] = _guarded(fn, inp)
         except BaseException as e:  # re-raised in the caller's thread
             box["err"] = e
 

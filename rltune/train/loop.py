@@ -204,6 +204,8 @@ class RunLoop:
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool, allow_changes: bool) -> Path | None:
         has_run = (self.run_dir / "metrics.jsonl").exists() or self.ckpt_root.exists()
+        if resume and overwrite:
+            raise RunDirError("--resume continues the run and --overwrite deletes it: pass one of them")
         if resume:
             found = ckpt.find_latest(self.ckpt_root)
             if found is None:

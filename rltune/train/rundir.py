@@ -32,7 +32,8 @@ HISTORY = "recipe_history.jsonl"
 SAFE_CHANGES = ("run.steps", "run.log_interval", "run.eval_interval", "run.save_interval", "run.keep_last",
                 "run.threads", "run.watchdog_s", "logging.", "cluster.worker_restart_timeout_s", "train.lr",
                 "train.max_grad_norm", "train.max_skipped_steps")
-FREE_FORM = ("args", "task_args")  # dict[str, Any] fields of the schema
+FREE_FORM = ("args", "task_args")
+_MARKER_TEXT = "created by rltune; `rltune train --overwrite` may empty this folder\n"  # dict[str, Any] fields of the schema
 
 
 class RunDirError(RuntimeError):
@@ -45,13 +46,15 @@ def prepare(run_dir: Path) -> None:
         raise RunDirError(f"run.output_dir {run_dir} is a file, not a folder; set run.output_dir (or run.name) to a "
                           "folder path")
     if run_dir.is_dir():
+        if not any(run_dir.iterdir()):  # an empty folder (e.g. made by a launcher script) holds nothing to lose
+            (run_dir / MARKER).write_text(_MARKER_TEXT)
         return
     try:
         run_dir.mkdir(parents=True)
     except OSError as e:
         raise RunDirError(f"cannot create the run directory {run_dir}: {e.strerror}; set run.output_dir to a "
                           "writable folder path") from None
-    (run_dir / MARKER).write_text("created by rltune; `rltune train --overwrite` may empty this folder\n")
+    (run_dir / MARKER).write_text(_MARKER_TEXT)
 
 
 _HELD: dict[str, "RunLock"] = {}  # run dir -> the lock this process holds on it
@@ -104,13 +107,17 @@ def empty_for_overwrite(run_dir: Path) -> None:
     if not (run_dir / MARKER).is_file():
         raise RunDirError(f"--overwrite: {run_dir} was not created by rltune (no {MARKER} marker), so it is not "
                           "deleted; point run.output_dir at a new folder, or delete the old run yourself")
-    for p in run_dir.iterdir():
-        if p.name in (MARKER, LOCK):
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
+    try:
+        for p in run_dir.iterdir():
+            if p.name in (MARKER, LOCK):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    except OSError as e:
+        raise RunDirError(f"--overwrite: cannot delete {e.filename} of the old run: {e.strerror}; fix its "
+                          "permissions or delete the old run yourself") from None
 
 
 def recipe_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -140,9 +147,10 @@ def is_safe(key: str) -> bool:
 def check_resume(run_dir: Path, new: dict[str, Any], allow_changes: bool) -> dict[str, tuple[Any, Any]]:
     """Compare the recipe of a resume with <run>/recipe.yaml; raise on changes that are not allowed."""
     path = run_dir / "recipe.yaml"
-    if not path.is_file():
-        return {}
-    changes = recipe_changes(yaml.safe_load(path.read_text()) or {}, new)
+    saved = yaml.safe_load(path.read_text()) if path.is_file() else _last_recorded(run_dir)
+    if not saved:
+        return {}  # a run from before recipe.yaml was written: nothing to compare with
+    changes = recipe_changes(saved, new)
     unsafe = [k for k in changes if not is_safe(k)]
     if changes and (unsafe or not allow_changes):
         lines = "\n".join(f"  - {k}: {v[0]!r} -> {v[1]!r}" + ("" if is_safe(k) else "  (not allowed)")
@@ -153,6 +161,12 @@ def check_resume(run_dir: Path, new: dict[str, Any], allow_changes: bool) -> dic
                           f"Resume with the saved recipe ({path}), or {fix}. Allowed with --allow-changes: "
                           f"{', '.join(SAFE_CHANGES)}")
     return changes
+
+
+def _last_recorded(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / HISTORY
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1])["recipe"] if lines else None
 
 
 def record(run_dir: Path, event: str, step: int, recipe: dict[str, Any], changes: dict[str, tuple]) -> None:

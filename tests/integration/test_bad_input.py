@@ -505,3 +505,27 @@ def test_eval_checkpoint_that_is_not_a_model_folder(tmp_path, at_root):
     code, out = _cli("eval", recipe, "--checkpoint", final)
     assert code == 0 and "eval/accuracy" in out
     assert sorted(p.name for p in final.iterdir()) == before  # the scratch run lives outside the model folder
+
+
+# --- Data loss (careless user): --resume and --overwrite together; an empty folder of the user's is fine to use
+def test_resume_and_overwrite_together_are_refused(tmp_path, at_root):
+    recipe = _write(tmp_path)
+    assert _cli("train", recipe)[0] == 0
+    code, out = _cli("train", recipe, "--resume", "--overwrite")
+    assert code == 2 and "pass one of them" in out
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+def test_empty_user_folder_becomes_a_run_dir_and_can_be_overwritten(tmp_path, at_root):
+    (tmp_path / "run").mkdir()  # e.g. made by a job script
+    recipe = _write(tmp_path)
+    assert _cli("train", recipe)[0] == 0 and (tmp_path / "run" / rundir.MARKER).is_file()
+    assert _cli("train", recipe, "--overwrite")[0] == 0
+
+
+# --- Data loss: the resume check still holds when recipe.yaml was deleted (the history's last entry is used)
+def test_resume_check_falls_back_to_the_history(tmp_path, at_root):
+    assert _cli("train", _write(tmp_path))[0] == 0
+    (tmp_path / "run" / "recipe.yaml").unlink()
+    code, out = _cli("train", _write(tmp_path, {"train": {"micro_batch_size": 4}}, name="b.yaml"), "--resume")
+    assert code == 2 and "train.micro_batch_size: 8 -> 4 (not allowed)" in out
