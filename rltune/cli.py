@@ -4,6 +4,7 @@
     rltune train recipes/addition-tiny.yaml               # GRPO from the recipe
     rltune train recipes/addition-tiny.yaml algo.kl_coef=0.01 run.steps=50
     rltune train recipes/addition-tiny.yaml --resume      # continue from the last checkpoint
+    rltune train recipes/addition-tiny.yaml run.steps=600 --resume --allow-changes   # ... for longer
     rltune validate recipes/*.yaml                        # schema + plugins, no heavy work
 """
 

@@ -444,9 +444,10 @@ def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = Fal
     return cls(recipe, base_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
 
 
-def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False) -> dict:
+def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False,
+          allow_changes: bool = False) -> dict:
     """Python API: run a recipe to the end; returns the last step's metrics."""
-    return build_trainer(recipe, base_dir, resume=resume, overwrite=overwrite).fit()
+    return build_trainer(recipe, base_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes).fit()
 
 
 def _reward_input(batch: RolloutBatch, step: int) -> RewardInput:
