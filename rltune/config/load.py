@@ -55,10 +55,18 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         raise RecipeError(f"override {override!r} must look like section.key=value, e.g. algo.kl_coef=0.01")
     key, value = override.split("=", 1)
     parts = key.strip().split(".")
+    if not all(parts):
+        raise RecipeError(f"override {override!r}: the key must be dotted names, e.g. algo.kl_coef=0.01")
     node: Any = raw
-    for i, part in enumerate(parts[:-1]):
+    for i, part in enumerate(parts):
+        if not isinstance(node, (dict, list)):
+            where = ".".join(parts[:i])
+            raise RecipeError(f"override {override!r}: {where} is a value ({node!r}), not a section, so it has no "
+                              f"key {part!r}; `rltune show <recipe>` prints the recipe's structure")
+        if i == len(parts) - 1:
+            break
         if isinstance(node, list):
-            node = node[_index(part, key)]
+            node = node[_index(part, key, len(node))]
             continue
         if node.get(part) is None:
             node[part] = {}
@@ -70,7 +78,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         raise RecipeError(f"override {override!r}: {_yaml_problem(e)}. The value is read as YAML: quote a "
                           f"string value, e.g. {key}='\"...\"'") from None
     if isinstance(node, list):
-        node[_index(leaf, key)] = parsed
+        node[_index(leaf, key, len(node))] = parsed
     else:
         node[leaf] = parsed
 
@@ -105,9 +113,12 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"malformed YAML{where}: {problem}"
 
 
-def _index(part: str, key: str) -> int:
+def _index(part: str, key: str, n: int) -> int:
     if not part.isdigit():
         raise RecipeError(f"override {key!r}: {part!r} indexes a list and must be a number")
+    if int(part) >= n:
+        valid = f"valid: 0..{n - 1}" if n else "the list is empty"
+        raise RecipeError(f"override {key!r}: index {part} is past the end of a list of {n} ({valid})")
     return int(part)
 
 

@@ -462,6 +462,13 @@ def test_bad_override_values_exit_2_and_run_nothing(tmp_path, cmd):
     code, out = _cli(*cmd, p, f"run.name=!!python/object/apply:os.system ['touch {marker}']")
     assert code == 2 and "tags that build Python objects are not allowed" in out
     assert not marker.exists()
+    # the key side, as a careless user types it: a value treated as a section, a list index past the end
+    code, out = _cli(*cmd, p, "run.steps.x=1")
+    assert code == 2 and "run.steps is a value (1), not a section" in out
+    code, out = _cli(*cmd, p, "rewards.3.use=exact_match")
+    assert code == 2 and "index 3 is past the end of a list of 1" in out
+    code, out = _cli(*cmd, p, "run..steps=3")
+    assert code == 2 and "the key must be dotted names" in out
 
 
 # --- Raw tracebacks: "`run.output_dir` that is a file or cannot be created"
