@@ -51,7 +51,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _fail(e: BaseException) -> None:
     err.print(f"[bold red]error:[/] {type(e).__name__}: ", end="")
-    err.print(str(e), markup=False, highlight=False)
+    err.print(str(e), markup=False, highlight=False, soft_wrap=True)  # soft: paths stay whole for copy-paste
     raise typer.Exit(2)
 
 

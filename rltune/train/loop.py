@@ -28,6 +28,7 @@ import torch
 from rltune.config.load import dump_recipe
 from rltune.config.schema import Recipe
 from rltune.logging import MetricLogger
+from rltune.reward import RewardError
 from rltune.train import checkpoint as ckpt
 from rltune.train import rundir
 from rltune.train.rundir import RunDirError  # noqa: F401 - re-exported (trainer, cli, visual trainers)
@@ -97,6 +98,11 @@ class RunLoop:
         """Train until run.steps or SIGINT/SIGTERM; returns the last step's metrics."""
         try:
             return self._fit()
+        except RewardError as e:  # the user's reward failed: say what is left on disk and how to go on
+            found = ckpt.find_latest(self.ckpt_root)
+            left = (f"the last checkpoint is {found} (`--resume` continues from it once the reward is fixed)" if found
+                    else "no checkpoint was written yet (run.save_interval: k writes one every k steps)")
+            raise RewardError(f"{e}\nThe run stopped after {self.step} completed steps; {left}.") from e
         finally:
             self.release()
 

@@ -423,6 +423,8 @@ def test_reward_that_exits_the_process_is_named(tmp_path, fn, call, timeout):
     err = " ".join(r.stderr.split())
     assert r.returncode == 2, r.stderr  # the trainer survived: exit 3/4 would be the reward's
     assert f"reward 'quitter' called {call}" in err and "Traceback" not in err
+    # it fails in the step-0 evaluation: nothing saved yet; the message says so and how to keep checkpoints
+    assert "The run stopped after 0 completed steps; no checkpoint was written yet (run.save_interval" in err
 
 
 # --- Silent misconfiguration: "a reward returning 1e300 becomes inf in float32 after the finiteness check"
@@ -536,3 +538,22 @@ def test_resume_check_falls_back_to_the_history(tmp_path, at_root):
     (tmp_path / "run" / "recipe.yaml").unlink()
     code, out = _cli("train", _write(tmp_path, {"train": {"micro_batch_size": 4}}, name="b.yaml"), "--resume")
     assert code == 2 and "train.micro_batch_size: 8 -> 4 (not allowed)" in out
+
+
+def test_reward_that_exits_mid_run_leaves_a_named_checkpoint_to_resume(tmp_path):
+    """Same case after some steps: the run stops naming the reward and the checkpoint `--resume` starts from."""
+    (tmp_path / "late.py").write_text(textwrap.dedent('''
+        import os
+        def late_exit(inp):
+            if inp.step >= 1:
+                os._exit(3)
+            return [0.5] * len(inp.completions)
+    '''))
+    over = {"rewards": [{"use": f"{tmp_path}/late.py:late_exit", "name": "late"}],
+            "run": {"steps": 3, "save_interval": 1}}
+    r = subprocess.run([sys.executable, "-m", "rltune.cli", "train", str(_write(tmp_path, over))], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    err = " ".join(r.stderr.split())
+    assert r.returncode == 2 and "reward 'late' called os._exit(3)" in err, r.stderr
+    assert "stopped after 1 completed steps; the last checkpoint is" in err and "step_000001" in err
+    assert ckpt.find_latest(tmp_path / "run" / "checkpoints").name == "step_000001"
