@@ -32,8 +32,8 @@ HISTORY = "recipe_history.jsonl"
 SAFE_CHANGES = ("run.steps", "run.log_interval", "run.eval_interval", "run.save_interval", "run.keep_last",
                 "run.threads", "run.watchdog_s", "logging.", "cluster.worker_restart_timeout_s", "train.lr",
                 "train.max_grad_norm", "train.max_skipped_steps")
-FREE_FORM = ("args", "task_args")
-_MARKER_TEXT = "created by rltune; `rltune train --overwrite` may empty this folder\n"  # dict[str, Any] fields of the schema
+FREE_FORM = ("args", "task_args")  # dict[str, Any] fields of the schema
+_MARKER_TEXT = "created by rltune; `rltune train --overwrite` may empty this folder\n"
 
 
 class RunDirError(RuntimeError):
@@ -45,16 +45,16 @@ def prepare(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"run.output_dir {run_dir} is a file, not a folder; set run.output_dir (or run.name) to a "
                           "folder path")
-    if run_dir.is_dir():
-        if not any(run_dir.iterdir()):  # an empty folder (e.g. made by a launcher script) holds nothing to lose
-            (run_dir / MARKER).write_text(_MARKER_TEXT)
-        return
     try:
+        if run_dir.is_dir():
+            if not any(run_dir.iterdir()):  # an empty folder (e.g. made by a launcher script) holds nothing to lose
+                (run_dir / MARKER).write_text(_MARKER_TEXT)
+            return
         run_dir.mkdir(parents=True)
+        (run_dir / MARKER).write_text(_MARKER_TEXT)
     except OSError as e:
-        raise RunDirError(f"cannot create the run directory {run_dir}: {e.strerror}; set run.output_dir to a "
-                          "writable folder path") from None
-    (run_dir / MARKER).write_text(_MARKER_TEXT)
+        raise RunDirError(f"cannot create or write the run directory {run_dir}: {e.strerror}; set run.output_dir to "
+                          "a writable folder path") from None
 
 
 _HELD: dict[str, "RunLock"] = {}  # run dir -> the lock this process holds on it

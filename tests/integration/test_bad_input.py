@@ -475,12 +475,19 @@ def test_bad_override_values_exit_2_and_run_nothing(tmp_path, cmd):
 
 # --- Raw tracebacks: "`run.output_dir` that is a file or cannot be created"
 def test_output_dir_that_is_a_file_or_cannot_be_created(tmp_path, at_root):
+    import os
+
     f = tmp_path / "afile"
     f.write_text("x")
     code, out = _cli("train", _write(tmp_path, run="afile"))
     assert code == 2 and "is a file, not a folder" in out and f.read_text() == "x"
     code, out = _cli("train", _write(tmp_path, run="afile/sub"))
-    assert code == 2 and "cannot create the run directory" in out and "run.output_dir" in out
+    assert code == 2 and "cannot create or write the run directory" in out and "run.output_dir" in out
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        code, out = _cli("train", _write(tmp_path, run="ro"))
+        assert code == 2 and "Permission denied" in out and "run.output_dir" in out
 
 
 # --- Raw tracebacks: "`rltune validate` exits 1 for a bad recipe where train/show exit 2"
