@@ -190,6 +190,9 @@ class RunLoop:
         self._overwrite_pending = False
         self._resumed = resume
         self._recipe_changes: dict[str, tuple[Any, Any]] = {}
+        if resume and not self.run_dir.is_dir():  # a typo in run.name: do not leave an empty folder behind
+            raise RunDirError(f"--resume: no valid checkpoint under {self.ckpt_root} (there is no run directory "
+                              f"{self.run_dir}); check run.name / run.output_dir, or start without --resume")
         rundir.prepare(self.run_dir)
         self._lock = rundir.RunLock(self.run_dir)
         try:

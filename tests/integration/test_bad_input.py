@@ -483,6 +483,8 @@ def test_output_dir_that_is_a_file_or_cannot_be_created(tmp_path, at_root):
     assert code == 2 and "is a file, not a folder" in out and f.read_text() == "x"
     code, out = _cli("train", _write(tmp_path, run="afile/sub"))
     assert code == 2 and "cannot create or write the run directory" in out and "run.output_dir" in out
+    code, out = _cli("sft", _write(tmp_path, {"sft": {"output_dir": str(f)}}))  # the same for `rltune sft`
+    assert code == 2 and "sft.output_dir" in out and "is a file, not a folder" in out and f.read_text() == "x"
     if os.geteuid() != 0:  # root writes anywhere
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o555)
@@ -526,6 +528,8 @@ def test_eval_checkpoint_that_is_not_a_model_folder(tmp_path, at_root):
 # --- Data loss (careless user): --resume and --overwrite together; an empty folder of the user's is fine to use
 def test_resume_and_overwrite_together_are_refused(tmp_path, at_root):
     recipe = _write(tmp_path)
+    code, out = _cli("train", recipe, "--resume")  # nothing to resume: no folder is left behind either
+    assert code == 2 and "there is no run directory" in out and not (tmp_path / "run").exists()
     assert _cli("train", recipe)[0] == 0
     code, out = _cli("train", recipe, "--resume", "--overwrite")
     assert code == 2 and "pass one of them" in out
