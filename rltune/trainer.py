@@ -353,6 +353,8 @@ class Trainer(RunLoop):
         limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         if r.env is not None or not isinstance(limit, int):
             return
+        if r.data.max_prompt_tokens + r.rollout.max_new_tokens <= limit:
+            return  # every prompt that fits data.max_prompt_tokens fits (longer ones fail at the rollout)
         from rltune.data.prompts import format_prompt
         from rltune.rollout.hf_engine import PromptTooLongError, _encode
 
