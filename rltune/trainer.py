@@ -55,15 +55,12 @@ from rltune.watchdog import Watchdog
 class Trainer(RunLoop):
     """Text LMs. The outer loop (fit, signals, eval cadence, checkpoints) is RunLoop's (rltune/train/loop.py)."""
 
-    def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
-        resume_from = self._open_run(recipe, base_dir, resume, overwrite)
-        if resume_from is not None:
-            ckpt.refuse_unexpected_pickles(resume_from)
-        r = recipe
+    def _build(self, resume_from: Path | None) -> None:
+        r = self.recipe
 
         # Policy: a checkpoint when resuming, else the SFT warm start, else model.path / model.tiny.
         start = None
-        if r.sft is not None:
+        if r.starts_from_sft:
             start = r.sft.output_dir
             if not (Path(start) / "config.json").is_file():
                 raise RunDirError(f"no SFT model at {start}: run `rltune sft <recipe>` first (recipe has an sft: section)")
@@ -84,7 +81,7 @@ class Trainer(RunLoop):
         # With training ranks the reference model lives on the ranks (sharded like the policy under ZeRO-3).
         self.ref_model = None
         if r.algo.kl_coef > 0 and r.model.lora is None and not r.cluster.train_ranks:
-            self.ref_model, _ = load_policy(r.model, path=r.sft.output_dir if r.sft else None, seed=r.run.seed,
+            self.ref_model, _ = load_policy(r.model, path=r.sft.output_dir if r.starts_from_sft else None, seed=r.run.seed,
                                             trainable=False)
             self.ref_model.to(self.device)
 
@@ -92,6 +89,8 @@ class Trainer(RunLoop):
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, self.tok, r.run.seed)
         self.eval_rows = self._load_eval_rows()
+        self._check_positions()
+        self._claim_run_dir()  # recipe, model, data, rewards and modifiers all loaded: --overwrite may now delete
         c = r.cluster
         if c.rollout_workers or c.train_ranks:
             from rltune.cluster import ensure_ray
@@ -347,6 +346,33 @@ class Trainer(RunLoop):
         cols = ds.to_dict()
         return _EvalRows([format_prompt(p, d, self.tok) for p in cols[d.prompt_column]], cols)
 
+    def _check_positions(self) -> None:
+        """Longest prompt + rollout.max_new_tokens must fit the model's positions (past them a model with
+        learned positions fails and a rotary one degrades without a word)."""
+        r = self.recipe
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if r.env is not None or not isinstance(limit, int):
+            return
+        if r.data.max_prompt_tokens + r.rollout.max_new_tokens <= limit:
+            return  # every prompt that fits data.max_prompt_tokens fits (longer ones fail at the rollout)
+        from rltune.data.prompts import format_prompt
+        from rltune.rollout.hf_engine import PromptTooLongError, _encode
+
+        texts = [format_prompt(p, r.data, self.tok) for p in self.loader.ds[r.data.prompt_column]]
+        texts += list(self.eval_rows.prompts) if self.eval_rows is not None else []
+        lens = [len(ids) for ids in _encode(self.tok, texts)]
+        longest = max(lens, default=0)
+        if longest > r.data.max_prompt_tokens:  # found here, before any step, rather than at the first rollout
+            text = texts[lens.index(longest)]
+            raise PromptTooLongError(f"a prompt has {longest} tokens > data.max_prompt_tokens="
+                                     f"{r.data.max_prompt_tokens}: {text[:80]!r}...; raise data.max_prompt_tokens or "
+                                     "filter long prompts")
+        if longest + r.rollout.max_new_tokens > limit:
+            raise PromptTooLongError(
+                f"the longest prompt ({longest} tokens) + rollout.max_new_tokens={r.rollout.max_new_tokens} exceeds "
+                f"the model's {limit} positions (max_position_embeddings); lower max_new_tokens, shorten or filter "
+                "the prompts, or use a model with more positions")
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
@@ -406,7 +432,8 @@ class _EvalRows:
         return {"prompts": self.prompts[s], "meta": {k: v[s] for k, v in self.meta.items()}}
 
 
-def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
+def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False,
+                  allow_changes: bool = False):
     """The trainer of the recipe's policy family (model.kind): text LMs here, visual policies in rltune/visual/.
     Every trainer has fit(), step, run_dir, model, best and stopped_by."""
     kind = recipe.model.kind
@@ -416,12 +443,13 @@ def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = Fal
         from rltune.visual.diffusion_trainer import DiffusionTrainer as cls
     else:
         cls = Trainer
-    return cls(recipe, base_dir, resume=resume, overwrite=overwrite)
+    return cls(recipe, base_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
 
 
-def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False) -> dict:
+def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False,
+          allow_changes: bool = False) -> dict:
     """Python API: run a recipe to the end; returns the last step's metrics."""
-    return build_trainer(recipe, base_dir, resume=resume, overwrite=overwrite).fit()
+    return build_trainer(recipe, base_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes).fit()
 
 
 def _reward_input(batch: RolloutBatch, step: int) -> RewardInput:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -93,12 +94,18 @@ def save_checkpoint(
     return final
 
 
+_LEFTOVER = re.compile(r"\.(tmp|old)-step_\d{6}-\d+")
+
+
 def _prune(root: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` checkpoints and delete leftovers of a killed writer. Runs right after this
+    writer's own temp folder was renamed into place, and the run directory's lock (rltune/train/rundir.py) keeps
+    any other trainer out, so every temp folder of our exact naming that is left is a dead writer's."""
     steps = sorted(p for p in root.glob("step_*") if p.is_dir())
     for p in steps[:-keep_last]:
         shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob(".tmp-step_*"):  # leftovers of a killed writer
-        if str(os.getpid()) not in p.name:
+    for p in root.iterdir():
+        if p.is_dir() and _LEFTOVER.fullmatch(p.name):
             shutil.rmtree(p, ignore_errors=True)
 
 

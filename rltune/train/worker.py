@@ -60,7 +60,7 @@ class TrainWorker:
             if self.lora:
                 self.ref = "adapter_off"
             else:
-                ref, _ = load_policy(r.model, path=r.sft.output_dir if r.sft else None, seed=r.run.seed,
+                ref, _ = load_policy(r.model, path=r.sft.output_dir if r.starts_from_sft else None, seed=r.run.seed,
                                      trainable=False)
                 self.ref = _frozen_engine(ref, c.zero_stage, world_size) if c.zero_stage == 3 else ref
                 if c.zero_stage != 3 and backend == "nccl":

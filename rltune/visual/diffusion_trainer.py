@@ -39,11 +39,8 @@ EVAL_NOISE_SALT = 4_242
 class DiffusionTrainer(RunLoop):
     DIVERGED_ADVICE = "Lower train.lr or check the rewards for inf"
 
-    def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
-        resume_from = self._open_run(recipe, base_dir, resume, overwrite)
-        if resume_from is not None:
-            ckpt.refuse_unexpected_pickles(resume_from)
-        r = recipe
+    def _build(self, resume_from: Path | None) -> None:
+        r = self.recipe
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
         # Policy: denoiser (+ LoRA) with its schedule, text encoder and VAE; only the trainable part is saved.
@@ -76,6 +73,7 @@ class DiffusionTrainer(RunLoop):
 
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, None, r.run.seed)
         self.eval_prompts = self._load_eval_prompts()
+        self._claim_run_dir()  # policy, rewards, modifiers and data loaded: --overwrite may now delete
         if resume_from is not None:
             from safetensors.torch import load_file
 

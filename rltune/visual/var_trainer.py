@@ -63,12 +63,9 @@ class VarTrainer(RunLoop):
     NONFINITE = "gradient"
     DIVERGED_ADVICE = "Lower train.lr, set train.max_grad_norm, or check rewards/modifiers"
 
-    def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
-        r = recipe
+    def _build(self, resume_from: Path | None) -> None:
+        r = self.recipe
         _check_supported(r)
-        resume_from = self._open_run(recipe, base_dir, resume, overwrite)
-        if resume_from is not None:
-            ckpt.refuse_unexpected_pickles(resume_from)
 
         # One device: the GPU when there is one (the real-size recipe), else the CPU; batches live on the CPU and
         # cross to the device at the model's boundary (_sample, _decode, _logits).
@@ -88,6 +85,7 @@ class VarTrainer(RunLoop):
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, None, r.run.seed)
         self.eval_rows = self._load_eval_rows()
+        self._claim_run_dir()  # policy, rewards, modifiers and data loaded: --overwrite may now delete
         self.engine = TorchEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
         if resume_from is not None:
             self._load_state(ckpt.load_state(resume_from))
@@ -335,19 +333,11 @@ class VarTrainer(RunLoop):
 
     def _save_model(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        from safetensors.torch import save_file
-
-        # safetensors: a checkpoint's weights must not be able to run code when --resume reads them.
-        save_file({k: v.detach().cpu().contiguous() for k, v in self._weights().items()}, str(out / "model.safetensors"))
+        torch.save(self._weights(), out / "model.pt")
 
     def _load_weights(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        if (folder / "model.safetensors").is_file():
-            sd = load_file(str(folder / "model.safetensors"), device="cpu")
-        else:  # written by an older rltune
-            sd = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-        missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        missing, unexpected = self.model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"),
+                                                         strict=False)
         bad = [k for k in missing if not k.startswith("vae.")] + list(unexpected)
         if bad:
             raise RecipeError(f"checkpoint {folder} does not match model.var: {bad[:5]}")
