@@ -226,7 +226,7 @@ class Trainer(RunLoop):
             full_ctx = LossContext(torch.arange(len(batch)), old_logprobs if old_logprobs is not None else
                                    batch.rollout_logprobs, old_logprobs if old_logprobs is not None else
                                    batch.rollout_logprobs, advantages, mask, state, entropy, dict(batch.extras),
-                                   total_rows=len(batch))
+                                   total_rows=len(batch), rollout_logprobs=batch.rollout_logprobs)
             tw = self.mods.token_weights(full_ctx)
             loss_mask = mask & tw.mask if tw.mask is not None else mask
             if a.mask_truncated:  # DAPO overlong filtering: completions cut at max_new_tokens get no loss
