@@ -39,6 +39,7 @@ from rltune.modifiers.pipeline import ModifierPipeline
 from rltune.ops import masked_mean
 from rltune.reward import RewardInput, RewardManager
 from rltune.rollout.base import SamplingParams
+from rltune.rollout.ahead import RolloutQueue
 from rltune.rollout.dynamic import sample_groups
 from rltune.rollout.hf_engine import HFEngine
 from rltune.rollout.pool import load_synced_weights
@@ -105,6 +106,7 @@ class Trainer(RunLoop):
                 self.engine.load(resume_from / "deepspeed")
         else:
             self.engine = TorchEngine(self.model, r.train, total)
+        self.ahead = None
         if c.rollout_workers:
             from rltune.rollout.pool import RolloutPool
 
@@ -115,6 +117,8 @@ class Trainer(RunLoop):
                                        restart_timeout_s=c.worker_restart_timeout_s, decode=r.rollout.decode,
                                        vllm=(r.rollout.vllm.model_dump() | {"max_new_tokens": r.rollout.max_new_tokens}
                                              if r.rollout.engine == "vllm" else None))
+            # Rollouts of steps t..t+k in flight while step t trains (k = rollout.max_staleness; 0 = synchronous).
+            self.ahead = RolloutQueue(self.rollout, r.rollout.max_staleness)
         elif r.rollout.engine == "vllm":  # vLLM in this process, next to the trainer (rltune/rollout/vllm_engine.py)
             from rltune.rollout.vllm_engine import VLLMEngine, model_dir_for
 
@@ -135,8 +139,14 @@ class Trainer(RunLoop):
             self.critic = (self.engine.critic if c.train_ranks else
                            Critic(r.critic, r.model, start, r.run.seed, r.train.micro_batch_size))
         self.kl_ctl = algo.KLController(r.algo.kl_coef, r.algo.kl_target, r.algo.kl_horizon)
+        if r.rollout.max_staleness and "probe" in self.mods.requires:
+            raise ValueError("rollout.max_staleness > 0 cannot run modifiers that probe the current policy before "
+                             f"the rollout ({sorted(self.mods.requires)}); use rollout.max_staleness: 0")
         if resume_from is not None:
-            self._load_state(ckpt.load_state(resume_from))
+            sd = ckpt.load_state(resume_from)
+            self._load_state(sd)
+            if self.ahead is not None:  # the rollouts that were in flight at the checkpoint, as they were sampled
+                self.ahead.load(resume_from / "inflight", sd.get("inflight", []))
         if c.rollout_workers:  # workers start from the same weights as the policy, at its version
             self.rollout.sync(self.model, self.rollout.weight_version)
         if c.rollout_workers or c.train_ranks:  # where each actor landed, for the user (and the multi-node test)
@@ -185,9 +195,23 @@ class Trainer(RunLoop):
             with self._phase(timers, "time/reward"):
                 return self.rewards(_reward_input(b, self.step))
 
+        def draw(s):  # prompts and sampling of step s (s > self.step: a rollout that runs ahead)
+            st = dataclasses.replace(state, step=s)
+            prompts = self.mods.on_prompts(self.loader.next(r.rollout.prompts_per_step),
+                                           dataclasses.replace(prompt_ctx, state=st))
+            return prompts, self._sampling(seed=_step_seed(r.run.seed, s))
+
         ds = a.dynamic_sampling
-        batch, result, dyn = sample_groups(generate, score, self.loader.next, r.rollout.prompts_per_step,
-                                           enabled=ds.enabled, max_rounds=ds.max_rounds, pad_id=self.tok.pad_token_id)
+        if self.ahead is None:
+            batch, result, dyn = sample_groups(generate, score, self.loader.next, r.rollout.prompts_per_step,
+                                               enabled=ds.enabled, max_rounds=ds.max_rounds,
+                                               pad_id=self.tok.pad_token_id)
+        else:  # Ray rollout workers: this step's rows were submitted up to rollout.max_staleness steps ago
+            with self._phase(timers, "time/rollout"):
+                batch, dyn = self.ahead.take(self.step, draw)
+            result = score(batch)
+            lag = (self.rollout.weight_version - batch.versions).float()
+            dyn |= {"rollout/staleness_mean": float(lag.mean()), "rollout/staleness_max": float(lag.max())}
         # -- reward shaping (e.g. ReDit) on a copy; filtering and logs use the raw rewards
         with self._phase(timers, "time/reward"):
             raw = result.rewards
@@ -227,7 +251,7 @@ class Trainer(RunLoop):
             full_ctx = LossContext(torch.arange(len(batch)), old_logprobs if old_logprobs is not None else
                                    batch.rollout_logprobs, old_logprobs if old_logprobs is not None else
                                    batch.rollout_logprobs, advantages, mask, state, entropy, dict(batch.extras),
-                                   total_rows=len(batch))
+                                   total_rows=len(batch), rollout_logprobs=batch.rollout_logprobs)
             tw = self.mods.token_weights(full_ctx)
             loss_mask = mask & tw.mask if tw.mask is not None else mask
             if a.mask_truncated:  # DAPO overlong filtering: completions cut at max_new_tokens get no loss
@@ -260,7 +284,7 @@ class Trainer(RunLoop):
             if r.cluster.train_ranks:
                 ref = self.engine.weights_ref()
                 load_synced_weights(self.model, ref)
-            self.rollout.sync(self.model, self.rollout.weight_version + 1, weights_ref=ref)
+            (self.ahead or self.rollout).sync(self.model, self.rollout.weight_version + 1, weights_ref=ref)
 
         metrics = self._step_metrics(batch, result, raw, rewards, advantages, stats, timers)
         metrics["time/step"] = time.perf_counter() - t_step
@@ -384,6 +408,7 @@ class Trainer(RunLoop):
             "kl_ctl": self.kl_ctl.state_dict(),
             "critic": self.critic.state_dict() if self.critic is not None else None,
             "rng": {**rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "inflight": self.ahead.drain() if self.ahead is not None else [],  # written by _save_model
         }
 
     def _load_state(self, sd: dict[str, Any]) -> None:
@@ -403,6 +428,8 @@ class Trainer(RunLoop):
 
     def _save_model(self, path: Path) -> None:
         self.model.save_pretrained(path)
+        if self.ahead is not None:
+            self.ahead.write(path.parent / "inflight")
         if self.recipe.cluster.train_ranks:  # the ranks write their shards next to it (a shared filesystem)
             self.engine.save(path.parent / "deepspeed")
 

@@ -208,6 +208,10 @@ class RolloutConfig(Section):
     temperature: PositiveFloat = 1.0
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 = off.")
+    max_staleness: int = Field(
+        0, ge=0, description="Async rollouts (Ray rollout workers): the workers sample up to this many steps ahead "
+        "of the trainer, and no row trained at step t was sampled by weights older than t − max_staleness. 0 = the "
+        "synchronous loop. Correct the off-policy gap with the `tis` or `icepop` modifiers (docs/scaling.md).")
 
     @property
     def batch_size(self) -> int:
@@ -534,6 +538,17 @@ class Recipe(Section):
         if self.rollout.engine == "vllm" and (self.model.lora is not None or self.env is not None):
             raise ValueError("rollout.engine=vllm does not take " + ("LoRA policies (model.lora)" if self.model.lora
                              else "multi-turn environments (env:)") + " yet; use rollout.engine=hf")
+        if self.rollout.max_staleness:
+            # In one process the rollout engine shares the model the update changes: it cannot run ahead.
+            why = ("needs Ray rollout workers (cluster.rollout_workers ≥ 1): the in-process engine samples with the "
+                   "model the update is changing" if not self.cluster.rollout_workers else
+                   "does not combine with algo.dynamic_sampling (its extra rounds depend on this step's rewards)"
+                   if a.dynamic_sampling.enabled else
+                   f"is for text policies; model.kind={self.model.kind} has its own trainer"
+                   if self.model.kind != "causal_lm" else None)
+            if why:
+                raise ValueError(f"rollout.max_staleness={self.rollout.max_staleness} {why}; set "
+                                 "rollout.max_staleness: 0 or change the setting named")
         names = [m.key for m in self.modifiers]
         dup = {k for k in names if names.count(k) > 1}
         if dup:

@@ -92,7 +92,8 @@ def _args(hook: str, step: int = 3):
     if hook in ("token_weights", "extra_loss"):
         lp = OLD.clone().requires_grad_(True)
         return (LossContext(torch.arange(N), lp, OLD.clone(), _adv(), BATCH.response_mask.clone(), st,
-                            ENTROPY.clone(), {k: v.clone() for k, v in BATCH.extras.items()}, total_rows=N),)
+                            ENTROPY.clone(), {k: v.clone() for k, v in BATCH.extras.items()}, total_rows=N,
+                            rollout_logprobs=BATCH.rollout_logprobs.clone()),)
     raise AssertionError(hook)
 
 
