@@ -333,11 +333,19 @@ class VarTrainer(RunLoop):
 
     def _save_model(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(self._weights(), out / "model.pt")
+        from safetensors.torch import save_file
+
+        # safetensors: a checkpoint's weights must not be able to run code when --resume reads them.
+        save_file({k: v.detach().cpu().contiguous() for k, v in self._weights().items()}, str(out / "model.safetensors"))
 
     def _load_weights(self, folder: Path) -> None:
-        missing, unexpected = self.model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"),
-                                                         strict=False)
+        from safetensors.torch import load_file
+
+        if (folder / "model.safetensors").is_file():
+            sd = load_file(str(folder / "model.safetensors"), device="cpu")
+        else:  # written by an older rltune
+            sd = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        missing, unexpected = self.model.load_state_dict(sd, strict=False)
         bad = [k for k in missing if not k.startswith("vae.")] + list(unexpected)
         if bad:
             raise RecipeError(f"checkpoint {folder} does not match model.var: {bad[:5]}")

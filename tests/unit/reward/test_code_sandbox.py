@@ -224,6 +224,7 @@ def test_http_backend_speaks_sandboxfusions_run_code():
         assert body["language"] == "python" and body["run_timeout"] == 3 and body["memory_limit_MB"] == 256
     finally:
         server.shutdown()
+        server.server_close()  # the port refuses at once: the next call fails fast
     with pytest.raises(RewardError, match="code sandbox service .* failed"):
         r(_inp(["print(42)"], ["42"]))  # the service is gone: an error naming it, not silent zeros
 
