@@ -20,13 +20,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from rltune import algo
 from rltune.config.schema import Recipe
 from rltune.data.batch import RolloutBatch
-from rltune.data.prompts import PromptLoader, load_rows
+from rltune.data.prompts import PromptLoader, format_prompt, load_rows
 from rltune.models.policy import load_policy, resolve_device
 from rltune.modifiers.base import (
     AdvantageContext,
@@ -37,7 +36,7 @@ from rltune.modifiers.base import (
 )
 from rltune.modifiers.pipeline import ModifierPipeline
 from rltune.ops import masked_mean
-from rltune.reward import RewardInput, RewardManager
+from rltune.reward import RewardManager
 from rltune.rollout.base import SamplingParams
 from rltune.rollout.dynamic import sample_groups
 from rltune.rollout.hf_engine import HFEngine
@@ -45,8 +44,16 @@ from rltune.rollout.pool import load_synced_weights
 from rltune.train import checkpoint as ckpt
 from rltune.train.critic import Critic, finish_critic_metrics
 # RunDirError and TrainingDivergedError are also imported from here (cli, tests, the visual trainers).
-from rltune.train.loop import RunDirError, RunLoop, TrainingDivergedError, finite_or_none, rng_state, set_rng_state
+from rltune.train.loop import RunDirError, RunLoop, TrainingDivergedError, rng_state, set_rng_state
 from rltune.train.scoring import score_rows
+from rltune.train.shared import (
+    best_worst_samples,
+    eval_metrics,
+    load_eval_rows,
+    minibatches,
+    reward_input,
+    step_seed,
+)
 from rltune.train.torch_engine import TorchEngine
 from rltune.train.update import UpdateInputs, UpdateSpec
 from rltune.watchdog import Watchdog
@@ -163,9 +170,9 @@ class Trainer(RunLoop):
     def train_step(self) -> dict[str, Any]:
         r, a = self.recipe, self.recipe.algo
         state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
-        step_seed = _step_seed(r.run.seed, self.step)
+        seed = step_seed(r.run.seed, self.step)
         # Reseeding per step makes a resumed run draw exactly what the uninterrupted run drew.
-        torch.manual_seed(step_seed)
+        torch.manual_seed(seed)
         timers: dict[str, float] = defaultdict(float)
         t_step = time.perf_counter()
 
@@ -178,11 +185,11 @@ class Trainer(RunLoop):
         def generate(prompts, k):  # round k of this step (k > 0 only with dynamic sampling)
             with self._phase(timers, "time/rollout"):
                 prompts = self.mods.on_prompts(prompts, prompt_ctx)
-                return self.rollout.generate(prompts, self._sampling(seed=(step_seed + k * 104_729) % (2**31 - 1)))
+                return self.rollout.generate(prompts, self._sampling(seed=(seed + k * 104_729) % (2**31 - 1)))
 
         def score(b):
             with self._phase(timers, "time/reward"):
-                return self.rewards(_reward_input(b, self.step))
+                return self.rewards(reward_input(b, self.step))
 
         ds = a.dynamic_sampling
         batch, result, dyn = sample_groups(generate, score, self.loader.next, r.rollout.prompts_per_step,
@@ -234,7 +241,7 @@ class Trainer(RunLoop):
 
         # -- update: one optimizer step per mini-batch (ppo_epochs × mini_batches), micro-batches accumulating;
         #    the critic first (PPO), then the policy unless the critic is still warming up (critic.warmup_steps)
-        plan = _minibatches(len(batch), a.ppo_epochs, a.mini_batches)
+        plan = minibatches(len(batch), a.ppo_epochs, a.mini_batches)
         stats = dict(dyn)
         if self.critic is not None:
             with self._phase(timers, "time/critic"):
@@ -264,7 +271,8 @@ class Trainer(RunLoop):
         metrics = self._step_metrics(batch, result, raw, rewards, advantages, stats, timers)
         metrics["time/step"] = time.perf_counter() - t_step
         metrics |= self.mods.on_step_end(metrics, state)
-        self._last_samples = _samples(batch, raw)
+        self._last_samples = best_worst_samples(raw, lambda i: {"prompt": batch.prompts[i],
+                                                                 "completion": batch.completions[i]})
         return metrics
 
     def _probe(self, prompts, n: int) -> torch.Tensor:
@@ -273,7 +281,7 @@ class Trainer(RunLoop):
 
         plain = PromptBatch(prompts=prompts.prompts, meta=prompts.meta)
         b = self.rollout.generate(plain, dataclasses.replace(self._sampling(), n=n))
-        return self.rewards(_reward_input(b, self.step)).rewards.view(len(prompts), n)
+        return self.rewards(reward_input(b, self.step)).rewards.view(len(prompts), n)
 
     def _score_batch(self, batch: RolloutBatch, entropy: bool):
         """Old-policy log-probs (and entropy) and reference log-probs [N,T] for the whole batch, no grad; on the
@@ -293,24 +301,18 @@ class Trainer(RunLoop):
         """Greedy completions on the held-out rows; `eval/accuracy` is the first reward's mean."""
         from rltune.data.batch import PromptBatch
 
-        rows, chunk, scores = self.eval_rows, 250, []
+        prompts, meta, chunk, scores = self.eval_rows["prompts"], self.eval_rows["meta"], 250, []
         t0 = time.perf_counter()
-        for lo in range(0, len(rows), chunk):
-            part = rows[lo:lo + chunk]
-            pb = PromptBatch(prompts=part["prompts"], meta={k: v for k, v in part["meta"].items()})
+        for lo in range(0, len(prompts), chunk):
+            pb = PromptBatch(prompts=prompts[lo:lo + chunk], meta={k: v[lo:lo + chunk] for k, v in meta.items()})
             b = self.rollout.generate(pb, self._sampling(greedy=True))
-            scores.append(self.rewards(_reward_input(b, self.step)).scores)
-        s = torch.cat(scores)
-        out = {"eval/accuracy": float(torch.nanmean(s[:, 0]))}
-        for k, spec in enumerate(self.recipe.rewards):
-            out[f"eval/reward/{spec.metric_name}"] = float(torch.nanmean(s[:, k]))
-        out["time/eval"] = time.perf_counter() - t0
-        return out
+            scores.append(self.rewards(reward_input(b, self.step)).scores)
+        return eval_metrics(torch.cat(scores), self.recipe.rewards, t0)
 
     def _step_metrics(self, batch, result, raw, rewards, advantages, stats, timers) -> dict[str, Any]:
         lens = batch.response_len.float()
         G = self.recipe.rollout.samples_per_prompt
-        flat = _flat_groups(raw, batch.group_id) if G > 1 else 1.0
+        flat = algo.flat_group_frac(raw, batch.group_id) if G > 1 else 1.0
         out = {
             "reward/mean": float(torch.nanmean(raw)),
             "reward/shaped_mean": float(torch.nanmean(rewards)),
@@ -333,17 +335,14 @@ class Trainer(RunLoop):
         return SamplingParams(n=1 if greedy else ro.samples_per_prompt, max_new_tokens=ro.max_new_tokens,
                               temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k, greedy=greedy, seed=seed)
 
-    def _load_eval_rows(self) -> _EvalRows | None:
+    def _load_eval_rows(self) -> dict[str, Any] | None:
+        """{"prompts": templated prompts, "meta": columns} of the held-out rows, or None."""
         d = self.recipe.data
-        if d.eval_source is None and not d.source.startswith("builtin:"):
+        ds = load_eval_rows(d, self.base_dir)
+        if ds is None:
             return None
-        ds = load_rows(d, d.eval_split, source=d.eval_source or d.source, base_dir=self.base_dir)
-        if d.eval_size:
-            ds = ds.select(range(min(d.eval_size, len(ds))))
-        from rltune.data.prompts import format_prompt
-
         cols = ds.to_dict()
-        return _EvalRows([format_prompt(p, d, self.tok) for p in cols[d.prompt_column]], cols)
+        return {"prompts": [format_prompt(p, d, self.tok) for p in cols[d.prompt_column]], "meta": cols}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -393,17 +392,6 @@ class Trainer(RunLoop):
         os.replace(tmp, out)
 
 
-class _EvalRows:
-    def __init__(self, prompts: list[str], meta: dict[str, list]):
-        self.prompts, self.meta = prompts, meta
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def __getitem__(self, s: slice) -> dict[str, Any]:
-        return {"prompts": self.prompts[s], "meta": {k: v[s] for k, v in self.meta.items()}}
-
-
 def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
     """The trainer of the recipe's policy family (model.kind): text LMs here, visual policies in rltune/visual/.
     Every trainer has fit(), step, run_dir, model, best and stopped_by."""
@@ -420,35 +408,4 @@ def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = Fal
 def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False) -> dict:
     """Python API: run a recipe to the end; returns the last step's metrics."""
     return build_trainer(recipe, base_dir, resume=resume, overwrite=overwrite).fit()
-
-
-def _reward_input(batch: RolloutBatch, step: int) -> RewardInput:
-    return RewardInput(prompts=batch.prompts, completions=batch.completions, completion_ids=batch.completion_ids,
-                       meta=batch.meta, step=step)
-
-
-def _samples(batch: RolloutBatch, raw: torch.Tensor, k: int = 2) -> list[dict[str, Any]]:
-    """The k best and k worst completions of a step, for the run report."""
-    order = torch.argsort(torch.nan_to_num(raw, nan=-float("inf")), descending=True).tolist()
-    pick = order[:k] + [i for i in order[-k:] if i not in order[:k]]
-    return [{"prompt": batch.prompts[i], "completion": batch.completions[i], "reward": finite_or_none(raw[i])}
-            for i in pick]
-
-
-def _flat_groups(raw: torch.Tensor, group_id: torch.Tensor) -> float:
-    flat = []
-    for g in group_id.unique():
-        vals = raw[group_id == g]
-        vals = vals[~torch.isnan(vals)]
-        flat.append(bool(len(vals) == 0 or (vals == vals[0]).all()))
-    return float(np.mean(flat))
-
-
-def _minibatches(n: int, epochs: int, mini_batches: int) -> list[torch.Tensor]:
-    """Row indices of each optimizer step: `epochs` passes over the batch, each cut in order into `mini_batches`."""
-    return [rows for _ in range(epochs) for rows in torch.arange(n).chunk(mini_batches)]
-
-
-def _step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step * 7_919 + 17) % (2**31 - 1)
 

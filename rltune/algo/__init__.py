@@ -2,6 +2,8 @@
 
 from rltune.algo.advantages import (
     dynamic_sampling_keep,
+    flat_group_frac,
+    flat_groups,
     gae,
     group_mean,
     group_norm,
@@ -34,6 +36,8 @@ __all__ = [
     "AggMode",
     "aggregate",
     "dynamic_sampling_keep",
+    "flat_group_frac",
+    "flat_groups",
     "estimate",
     "gae",
     "global_denominators",

@@ -28,6 +28,8 @@ __all__ = [
     "gae",
     "outcome_to_token_rewards",
     "dynamic_sampling_keep",
+    "flat_groups",
+    "flat_group_frac",
 ]
 
 Scale = Literal["group", "batch", "none"]
@@ -206,22 +208,36 @@ def outcome_to_token_rewards(rewards: Tensor, response_mask: Tensor) -> Tensor:
     return out.scatter(1, last.clamp_min(0)[:, None], src[:, None])
 
 
+def flat_groups(rewards: Tensor, group_id: Tensor) -> Tensor:
+    """[N] bool: the row's group has a constant reward over its scorable (non-NaN) rows, so group-relative
+    advantages give it no signal. A group with no scorable row counts as flat. Exact comparison (max == min, no
+    tolerance), so [0.1]*3 is flat despite float rounding. Shapes: rewards [N], group_id [N] -> [N] bool."""
+    r = _float(rewards)
+    uniq, inv = torch.unique(group_id, return_inverse=True)
+    ok = ~torch.isnan(r)
+    inf = torch.full_like(r, float("inf"))
+    hi = torch.full((uniq.numel(),), -float("inf"), dtype=r.dtype, device=r.device).scatter_reduce(
+        0, inv, torch.where(ok, r, -inf), reduce="amax")
+    lo = torch.full((uniq.numel(),), float("inf"), dtype=r.dtype, device=r.device).scatter_reduce(
+        0, inv, torch.where(ok, r, inf), reduce="amin")
+    return ~(hi > lo)[inv]  # hi < lo: no scorable row in the group
+
+
+def flat_group_frac(rewards: Tensor, group_id: Tensor) -> float:
+    """Fraction of the groups that are flat (see flat_groups); 0.0 for an empty batch."""
+    uniq, inv = torch.unique(group_id, return_inverse=True)
+    per_group = torch.zeros(uniq.numel(), dtype=torch.bool, device=group_id.device).scatter_(
+        0, inv, flat_groups(rewards, group_id))
+    return float(per_group.double().mean()) if uniq.numel() else 0.0
+
+
 def dynamic_sampling_keep(raw_rewards: Tensor, group_id: Tensor) -> tuple[Tensor, list[int]]:
     """DAPO dynamic sampling filter (Yu et al., 2503.14476 §3.2): keep a group only if its rewards differ.
 
-    Pass the **raw** (unshaped) metric (spec §1 step 3). NaN rewards are ignored; a group needs two
-    scorable rewards that differ. Exact max > min comparison, so [0.1]*3 is flat despite float rounding.
-    verl also keeps single-sample groups; we drop them since they get advantage 0 here anyway.
+    Pass the **raw** (unshaped) metric (docs/concepts.md, "Raw and shaped rewards"). NaN rewards are ignored; a
+    group needs two scorable rewards that differ (not flat_groups). verl also keeps single-sample groups; we drop
+    them since they get advantage 0 here anyway.
     Shapes: raw_rewards [N], group_id [N] -> (keep [N] bool per row, sorted list of kept group ids).
     """
-    r = _float(raw_rewards)
-    uniq, inv = torch.unique(group_id, return_inverse=True)
-    valid = ~torch.isnan(r)
-    inf = torch.full_like(r, float("inf"))
-    g = uniq.numel()
-    gmax = torch.full((g,), -float("inf"), dtype=r.dtype, device=r.device).scatter_reduce(
-        0, inv, torch.where(valid, r, -inf), reduce="amax")
-    gmin = torch.full((g,), float("inf"), dtype=r.dtype, device=r.device).scatter_reduce(
-        0, inv, torch.where(valid, r, inf), reduce="amin")
-    keep_group = gmax > gmin
-    return keep_group[inv], uniq[keep_group].tolist()
+    keep = ~flat_groups(raw_rewards, group_id)
+    return keep, torch.unique(group_id[keep]).tolist()

@@ -260,7 +260,7 @@ class DiffusionPolicy(nn.Module):
 
     def _encode(self, prompts: list[str]) -> Cond:
         if self.adapter is not None:
-            return self.adapter.encode(self, prompts)
+            return Cond(*self.adapter.encode(self, prompts))
         to = lambda t: t.to(self.device, self.dtype)  # noqa: E731
         if self.tokenizer is None:
             return Cond(to(self.text_encoder(prompts)))

@@ -26,10 +26,11 @@ from rltune.data.prompts import PromptLoader, load_rows
 from rltune.models.diffusion import load_diffusion_policy
 from rltune.modifiers.base import GradView, Modifier, PromptContext, StepState
 from rltune.modifiers.pipeline import ModifierError, ModifierPipeline
-from rltune.reward import RewardInput, RewardManager
+from rltune.reward import RewardManager
 from rltune.reward.image import TextImageScorer, is_differentiable, weighted_image_reward
 from rltune.train import checkpoint as ckpt
-from rltune.train.loop import RunDirError, RunLoop, finite_or_none, rng_state, set_rng_state
+from rltune.train.loop import RunDirError, RunLoop, rng_state, set_rng_state
+from rltune.train.shared import best_worst_samples, eval_metrics, image_reward_input, load_eval_rows, step_seed
 from rltune.visual.diffusion_context import DiffusionLossContext
 from rltune.watchdog import Watchdog
 
@@ -97,9 +98,9 @@ class DiffusionTrainer(RunLoop):
     def train_step(self) -> dict[str, Any]:
         r = self.recipe
         state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
-        step_seed = (r.run.seed * 1_000_003 + self.step * 7_919 + 17) % (2**31 - 1)
-        torch.manual_seed(step_seed)  # reseeding per step: a resumed run draws what the uninterrupted one drew
-        gen = torch.Generator().manual_seed(step_seed)
+        seed = step_seed(r.run.seed, self.step)
+        torch.manual_seed(seed)  # reseeding per step: a resumed run draws what the uninterrupted one drew
+        gen = torch.Generator().manual_seed(seed)
         timers: dict[str, float] = defaultdict(float)
         t_step = time.perf_counter()
         G = r.rollout.samples_per_prompt
@@ -113,7 +114,7 @@ class DiffusionTrainer(RunLoop):
 
         # -- reward: every reward scores the images (logging); raw rewards [N] (NaN = unscorable)
         with self._phase(timers, "time/reward"):
-            res = self.rewards(_reward_input(texts, meta, ro.images, self.step))
+            res = self.rewards(image_reward_input(texts, meta, ro.images, self.step))
             raw = res.rewards
 
         # -- advantage: rewards [N] -> [N,T] per denoising step (group_norm: over the G images of a prompt, DDPO's
@@ -156,9 +157,8 @@ class DiffusionTrainer(RunLoop):
                    if int((~raw.isnan()).sum()) > 1 else 0.0, **res.metrics, **stats, **timers}
         metrics["time/step"] = time.perf_counter() - t_step
         metrics |= self.mods.on_step_end(metrics, state)
-        order = torch.argsort(torch.nan_to_num(raw, nan=-math.inf), descending=True).tolist()
-        self._last_samples = [{"prompt": texts[i], "completion": f"[image {i} of step {self.step + 1}]",
-                               "reward": finite_or_none(raw[i])} for i in order[:2] + order[-2:]]
+        self._last_samples = best_worst_samples(raw, lambda i: {"prompt": texts[i],
+                                                                "completion": f"[image {i} of step {self.step + 1}]"})
         return metrics
 
     def _reward_fn(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -179,20 +179,14 @@ class DiffusionTrainer(RunLoop):
         # What changed is easiest seen: one PNG grid per evaluation, same noises every time.
         image_grid(self.last_eval_images, self.run_dir / "samples" / f"eval_step_{self.step:06d}.png",
                    scale=max(1, 64 // self.last_eval_images.shape[-1]))
-        s = self.rewards(_reward_input(prompts, {}, self.last_eval_images, self.step)).scores
-        out = {"eval/accuracy": float(torch.nanmean(s[:, 0]))}
-        for k, spec in enumerate(self.recipe.rewards):
-            out[f"eval/reward/{spec.metric_name}"] = float(torch.nanmean(s[:, k]))
-        out["time/eval"] = time.perf_counter() - t0
-        return out
+        s = self.rewards(image_reward_input(prompts, {}, self.last_eval_images, self.step)).scores
+        return eval_metrics(s, self.recipe.rewards, t0)
 
     def _load_eval_prompts(self) -> list[str]:
         d = self.recipe.data
-        if d.eval_source is None and not d.source.startswith("builtin:"):
+        ds = load_eval_rows(d, self.base_dir)
+        if ds is None:
             return []
-        ds = load_rows(d, d.eval_split, source=d.eval_source or d.source, base_dir=self.base_dir)
-        if d.eval_size:
-            ds = ds.select(range(min(d.eval_size, len(ds))))
         prompts = list(ds[d.prompt_column])
         # Few held-out prompts: each gets several fixed noises so the eval mean is over ≥ 16 images.
         return [p for p in prompts for _ in range(max(1, math.ceil(16 / len(prompts))))]
@@ -211,11 +205,6 @@ class DiffusionTrainer(RunLoop):
         self.mods.load_state_dict(sd["modifiers"])
         self.best = sd.get("best")
         set_rng_state(sd["rng"])
-
-
-def _reward_input(prompts: list[str], meta: dict[str, list], images: torch.Tensor, step: int) -> RewardInput:
-    return RewardInput(prompts=prompts, completions=[""] * len(prompts), completion_ids=[[] for _ in prompts],
-                       meta=meta, step=step, images=images)
 
 
 def _lr_lambda(kind: str, warmup: int, total: int):

@@ -38,11 +38,19 @@ from rltune.models.var import VarPolicy, VarSample, build_var_policy, sample_var
 from rltune.modifiers.base import AdvantageContext, GradView, LossContext, PromptContext, RewardContext, StepState
 from rltune.modifiers.pipeline import ModifierPipeline
 from rltune.ops import entropy_from_logits, masked_mean
-from rltune.reward import RewardInput, RewardManager
+from rltune.reward import RewardManager
 from rltune.train import checkpoint as ckpt
-from rltune.train.loop import RunLoop, finite_or_none, rng_state, set_rng_state
+from rltune.train.loop import RunLoop, rng_state, set_rng_state
+from rltune.train.shared import (
+    best_worst_samples,
+    eval_metrics,
+    image_reward_input,
+    load_eval_rows,
+    minibatches,
+    reward_input,
+    step_seed,
+)
 from rltune.train.torch_engine import TorchEngine
-from rltune.trainer import _minibatches, _step_seed
 from rltune.watchdog import Watchdog
 
 STAGES = ("full", "prefix", "suffix")
@@ -99,7 +107,7 @@ class VarTrainer(RunLoop):
     def train_step(self) -> dict[str, Any]:
         r, a = self.recipe, self.recipe.algo
         state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
-        torch.manual_seed(_step_seed(r.run.seed, self.step))  # a resumed run draws what the uninterrupted one drew
+        torch.manual_seed(step_seed(r.run.seed, self.step))  # a resumed run draws what the uninterrupted one drew
         timers: dict[str, float] = defaultdict(float)
         t_step = time.perf_counter()
 
@@ -113,7 +121,7 @@ class VarTrainer(RunLoop):
         with self._phase(timers, "time/reward"):
             with torch.no_grad():
                 images = self._decode(batch.response_ids)
-            result = self.rewards(_reward_input(batch, images, self.step))
+            result = self.rewards(reward_input(batch, self.step, images))
             batch.extras.update(_reward_extras(result.extras, len(batch)))
             raw = result.rewards
             rewards = self.mods.shape_rewards(raw.clone(), RewardContext(batch, raw, result.scores, state))
@@ -147,8 +155,7 @@ class VarTrainer(RunLoop):
         metrics |= stats | timers
         metrics["time/step"] = time.perf_counter() - t_step
         metrics |= self.mods.on_step_end(metrics, state)
-        order = torch.argsort(torch.nan_to_num(raw, nan=-math.inf), descending=True).tolist()
-        self._last_samples = [{"prompt": batch.prompts[i], "reward": finite_or_none(raw[i])} for i in order[:2] + order[-2:]]
+        self._last_samples = best_worst_samples(raw, lambda i: {"prompt": batch.prompts[i]})
         return metrics
 
     # --------------------------------------------------------------------------------------- rollout
@@ -235,7 +242,7 @@ class VarTrainer(RunLoop):
         r, a = self.recipe, self.recipe.algo
         tokens, T = batch.response_ids, batch.response_ids.shape[1]
         acc: dict[str, float] = defaultdict(float)
-        plan = _minibatches(len(batch), a.ppo_epochs, a.mini_batches)
+        plan = minibatches(len(batch), a.ppo_epochs, a.mini_batches)
         for mini in plan:
             denom = algo.global_denominators(loss_mask[mini])
             agg = functools.partial(algo.aggregate, mode=a.loss_agg, scale_constant=T, **denom)
@@ -288,14 +295,9 @@ class VarTrainer(RunLoop):
                              top_p=r.rollout.top_p, cfg=vc.cfg, cfg_schedule=vc.cfg_schedule)
         n = labels.shape[0]
         meta = {k: [x for x in v for _ in range(G)] for k, v in rows.items()}
-        inp = RewardInput(prompts=meta[r.data.prompt_column], completions=[""] * n,
-                          completion_ids=s.tokens.tolist(), meta=meta, step=self.step, images=self._decode(s.tokens))
-        res = self.rewards(inp)
-        out = {"eval/accuracy": float(torch.nanmean(res.scores[:, 0]))}
-        for k, spec in enumerate(r.rewards):
-            out[f"eval/reward/{spec.metric_name}"] = float(torch.nanmean(res.scores[:, k]))
-        out["time/eval"] = time.perf_counter() - t0
-        return out
+        inp = image_reward_input(meta[r.data.prompt_column], meta, self._decode(s.tokens), self.step,
+                                 completion_ids=s.tokens.tolist())
+        return eval_metrics(self.rewards(inp).scores, r.rewards, t0)
 
     def _step_metrics(self, batch, result, raw, rewards, advantages, loss_mask, weight, sample_lp, plan) -> dict:
         m = loss_mask
@@ -319,13 +321,8 @@ class VarTrainer(RunLoop):
 
     # --------------------------------------------------------------------------------- state and files
     def _load_eval_rows(self) -> dict[str, list] | None:
-        d = self.recipe.data
-        if d.eval_source is None and not d.source.startswith("builtin:"):
-            return None
-        ds = load_rows(d, d.eval_split, source=d.eval_source or d.source, base_dir=self.base_dir)
-        if d.eval_size:
-            ds = ds.select(range(min(d.eval_size, len(ds))))
-        return ds.to_dict()
+        ds = load_eval_rows(self.recipe.data, self.base_dir)
+        return None if ds is None else ds.to_dict()
 
     def _weights(self) -> dict[str, torch.Tensor]:
         # A frozen decoder (the official VQVAE) is not saved with every checkpoint: it never changes.
@@ -393,11 +390,6 @@ def _check_supported(r: Recipe) -> None:
     if bad:
         raise RecipeError(f"model.kind: var does not support {', '.join(bad)} (rltune/visual/var_trainer.py); "
                           "remove them from the recipe")
-
-
-def _reward_input(batch: RolloutBatch, images: torch.Tensor, step: int) -> RewardInput:
-    return RewardInput(prompts=batch.prompts, completions=batch.completions, completion_ids=batch.completion_ids,
-                       meta=batch.meta, step=step, images=images)
 
 
 def _reward_extras(extras: dict[str, list], n: int) -> dict[str, torch.Tensor]:

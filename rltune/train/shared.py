@@ -1,0 +1,72 @@
+"""What the trainers of every policy family share (text, VAR, diffusion): the per-step seed, the mini-batch plan,
+reward inputs, held-out rows and eval metrics, and the best/worst samples of a step for the run report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from rltune.data.batch import RolloutBatch
+from rltune.reward import RewardInput
+from rltune.train.loop import finite_or_none
+
+__all__ = ["step_seed", "minibatches", "reward_input", "image_reward_input", "load_eval_rows", "eval_metrics",
+           "best_worst_samples"]
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed every draw of one step derives from: reseeding per step makes a resumed run draw exactly what the
+    uninterrupted run drew."""
+    return (seed * 1_000_003 + step * 7_919 + 17) % (2**31 - 1)
+
+
+def minibatches(n: int, epochs: int, mini_batches: int) -> list[torch.Tensor]:
+    """Row indices of each optimizer step: `epochs` passes over the batch, each cut in order into `mini_batches`."""
+    return [rows for _ in range(epochs) for rows in torch.arange(n).chunk(mini_batches)]
+
+
+def reward_input(batch: RolloutBatch, step: int, images: torch.Tensor | None = None) -> RewardInput:
+    """The rewards' view of a rollout batch (images [N,3,H,W] for visual policies)."""
+    return RewardInput(prompts=batch.prompts, completions=batch.completions, completion_ids=batch.completion_ids,
+                       meta=batch.meta, step=step, images=images)
+
+
+def image_reward_input(prompts: list[str], meta: dict[str, list], images: torch.Tensor, step: int,
+                       completion_ids: list[list[int]] | None = None) -> RewardInput:
+    """The rewards' view of N generated images [N,3,H,W] without a RolloutBatch (no completion text)."""
+    return RewardInput(prompts=prompts, completions=[""] * len(prompts),
+                       completion_ids=completion_ids if completion_ids is not None else [[] for _ in prompts],
+                       meta=meta, step=step, images=images)
+
+
+def load_eval_rows(data: Any, base_dir: str | Path):
+    """The held-out rows (a datasets.Dataset, data.eval_size at most), or None when the recipe has none: only
+    built-in tasks have a held-out split without data.eval_source."""
+    from rltune.data.prompts import load_rows
+
+    if data.eval_source is None and not data.source.startswith("builtin:"):
+        return None
+    ds = load_rows(data, data.eval_split, source=data.eval_source or data.source, base_dir=base_dir)
+    if data.eval_size:
+        ds = ds.select(range(min(data.eval_size, len(ds))))
+    return ds
+
+
+def eval_metrics(scores: torch.Tensor, reward_specs: Sequence[Any], t0: float) -> dict[str, float]:
+    """scores [N,K] (NaN = n/a) of the held-out samples -> `eval/accuracy` (the first reward's mean), one
+    `eval/reward/<name>` per reward and `time/eval` (seconds since t0)."""
+    out = {"eval/accuracy": float(torch.nanmean(scores[:, 0]))}
+    for k, spec in enumerate(reward_specs):
+        out[f"eval/reward/{spec.metric_name}"] = float(torch.nanmean(scores[:, k]))
+    out["time/eval"] = time.perf_counter() - t0
+    return out
+
+
+def best_worst_samples(raw: torch.Tensor, describe: Callable[[int], dict[str, Any]], k: int = 2) -> list[dict]:
+    """The k best and k worst rows of raw rewards [N] (NaN last), each `describe(i) | {"reward": r_i or None}`."""
+    order = torch.argsort(torch.nan_to_num(raw, nan=-float("inf")), descending=True).tolist()
+    pick = order[:k] + [i for i in order[-k:] if i not in order[:k]]
+    return [describe(i) | {"reward": finite_or_none(raw[i])} for i in pick]
