@@ -1,4 +1,5 @@
-"""The algorithm core: advantage estimators and losses as pure tensor functions (ARCHITECTURE rule 2)."""
+"""The algorithm core: advantage estimators and losses as pure tensor functions (shapes in each docstring;
+no config objects, no Ray or DeepSpeed), tested loop == vectorized."""
 
 from rltune.algo.advantages import (
     dynamic_sampling_keep,

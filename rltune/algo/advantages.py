@@ -1,9 +1,9 @@
-"""Advantage estimators (hook H2): pure tensor functions, no config objects.
+"""Advantage estimators: pure tensor functions, no config objects.
 
 Shapes: N = rows (responses), T = response positions. ``rewards``/``group_id`` are [N]; ``response_mask``
-is [N,T] bool or {0,1}; every [N,T] output is 0 outside the mask. Spec: specs/llm_modifiers.md §2.
+is [N,T] bool or {0,1}; every [N,T] output is 0 outside the mask. Formulas and papers: docs/algorithms.md.
 
-rltune's choices where verl and TRL differ (spec §2.1, §6.4):
+rltune's choices where verl and TRL differ (docs/algorithms.md, "Choices where verl and TRL differ"):
 - A row whose group has fewer than two scorable rewards gets advantage 0 (TRL); verl keeps the raw
   reward. ``singleton_groups`` counts such groups so the trainer can warn.
 - A NaN reward marks an unscorable sample (TRL): it is left out of every statistic and gets advantage 0.
@@ -102,7 +102,7 @@ def rloo(rewards: Tensor, group_id: Tensor, response_mask: Tensor) -> Tensor:
     """RLOO: A_i = r_i − mean_{j≠i} r_j over the scorable members of i's group (Ahmadian et al., 2402.14740).
 
     Shapes: rewards [N] (NaN = unscorable), group_id [N], response_mask [N,T] -> advantages [N,T].
-    Rows with NaN reward or without another scorable member are 0 (verl keeps the raw score, §2.5).
+    Rows with NaN reward or without another scorable member are 0 (verl keeps the raw score; docs/algorithms.md).
     """
     _check_rows(rewards, group_id, response_mask)
     r = _float(rewards)
@@ -119,7 +119,8 @@ def reinforce_pp(token_rewards: Tensor, response_mask: Tensor, gamma: float = 1.
 
     G_t = r_t + γ·G_{t+1} over the positions with mask 1; a position with mask 0 (a multi-turn observation token,
     or padding) takes no reward and no discount step and carries the running return through, as `gae` does, so an
-    earlier turn's tokens see the later turns' rewards. verl (VCA:582) instead zeroes the return after a mask-0
+    earlier turn's tokens see the later turns' rewards. verl
+    (`compute_reinforce_plus_plus_outcome_advantage`) instead zeroes the return after a mask-0
     position, which cuts a multi-turn episode at its first observation; both agree on single-turn rows, whose
     mask-0 positions are trailing padding.
     Shapes: token_rewards [N,T] (NaN anywhere in a row = unscorable row), response_mask [N,T]
@@ -141,7 +142,8 @@ def reinforce_pp(token_rewards: Tensor, response_mask: Tensor, gamma: float = 1.
 
 def reinforce_pp_baseline(rewards: Tensor, group_id: Tensor, response_mask: Tensor) -> Tensor:
     """REINFORCE++-baseline: r_i − mean_g broadcast to tokens, then whitened over all batch tokens
-    (verl VCA:422; Hu, 2501.03262). Longer responses weigh more in the whitening statistics.
+    (verl `compute_reinforce_plus_plus_baseline_outcome_advantage`;
+    Hu, 2501.03262). Longer responses weigh more in the whitening statistics.
 
     Shapes: rewards [N] (NaN = unscorable), group_id [N], response_mask [N,T] -> advantages [N,T].
     Rows with NaN reward or in a group with < 2 scorable rewards are excluded from the whitening and 0
@@ -158,7 +160,8 @@ def reinforce_pp_baseline(rewards: Tensor, group_id: Tensor, response_mask: Tens
 
 def gae(token_rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: float = 1.0,
         lam: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Generalized advantage estimation (Schulman et al., 1506.02438) with verl's masking (VCA:214).
+    """Generalized advantage estimation (Schulman et al., 1506.02438) with verl's masking
+    (`compute_gae_advantage_return`).
 
     δ_t = r_t + γV_{t+1} − V_t, A_t = δ_t + γλA_{t+1}. Positions with mask 0 (e.g. tool observations)
     carry the next value and the running A through unchanged. returns = A + V (raw A); then A is
@@ -193,7 +196,7 @@ def gae(token_rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: flo
 
 
 def outcome_to_token_rewards(rewards: Tensor, response_mask: Tensor) -> Tensor:
-    """Place each row's scalar reward on its last valid token (verl DAPORewardManager, spec §1).
+    """Place each row's scalar reward on its last valid token (verl DAPORewardManager; docs/algorithms.md).
 
     Shapes: rewards [N], response_mask [N,T] -> token_rewards [N,T]. NaN is kept (the token estimators
     treat the row as unscorable); a row without valid tokens is all 0.

@@ -36,7 +36,7 @@ class StepState:
     total_steps: int = 0
 
     def generator(self, salt: int = 0) -> torch.Generator:
-        """A generator seeded by (seed, step, rank, salt): deterministic, different per rank (ReDit §3)."""
+        """A generator seeded by (seed, step, rank, salt): deterministic, different per rank (docs/modifiers.md)."""
         return torch.Generator().manual_seed(((self.seed * 1_000_003 + self.step) * 65_537 + self.rank) * 31 + salt)
 
 

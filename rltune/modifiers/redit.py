@@ -1,5 +1,5 @@
 """ReDit: reward dithering (Wei et al., "ReDit: Reward Dithering for Improved LLM Policy Optimization",
-arXiv 2506.18631, NeurIPS 2025). Spec: specs/llm_modifiers.md §3.
+arXiv 2506.18631, NeurIPS 2025); docs/modifiers.md, ReDit.
 
 Discrete rule-based rewards (0/1 correctness) give flat groups with zero gradient and rare jumps with gradient
 spikes. ReDit adds zero-mean noise to every response's scalar reward before the advantage estimator:
@@ -8,12 +8,12 @@ spikes. ReDit adds zero-mean noise to every response's scalar reward before the 
 
 with σ = sigma·(reward_range[1] − reward_range[0]). One draw per response per step (never per token) from
 ``StepState.generator``, so a draw is fixed by (seed, step, rank). The raw reward stays untouched in the
-context: the trainer keeps it for logging and filtering, and ADHint's difficulty uses it (§6.1).
+context: the trainer keeps it for logging and filtering, and ADHint's difficulty uses it (docs/algorithms.md).
 
 Paper-faithful as far as known: Gaussian, constant σ. [INFERRED]: the reward-range scaling of σ, the
 ``linear_decay``/``cosine_decay`` schedules (the paper ablates schedules but which ones is unconfirmed) and
 ``flat_group_scale`` (under GRPO's std division a flat group's advantage (ε−ε̄)/std(ε) has unit scale whatever
-σ is, §3 "Interaction with group normalization"; < 1 shrinks that noise, 1.0 = the paper).
+σ is; < 1 shrinks that noise, 1.0 = the paper).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class ReDit(Modifier):
             self._metrics["noise_std"] = 0.0
             return rewards.clone()
         eps = draw_noise(rewards.shape[0], sigma, self.distribution, st.generator(_SALT))
-        # Flatness is judged on the raw reward (§6.1), even if an earlier modifier already shaped `rewards`.
+        # Flatness is judged on the raw reward (docs/algorithms.md), even if an earlier modifier shaped `rewards`.
         eps = torch.where(flat, eps * self.flat_group_scale, eps)
         out = dither(rewards.double(), eps).to(rewards.dtype)
         ok = ~torch.isnan(rewards)

@@ -1,9 +1,9 @@
 """PANW, Per-Action Normalization Weighting (Sun et al., "VAR RL Done Right", arXiv 2601.02256, Eq. 9; NextFlow
-arXiv 2601.02204 Eq. 2; spec visual_modifiers.md §1.3.3) for VAR policies.
+arXiv 2601.02204 Eq. 2; docs/var.md, PANW) for VAR policies.
 
 A VAR sample's last scales hold almost all its tokens (VAR-d16: 256 of 680), so a token-mean loss is dominated by
 them. PANW weights each token of scale t by k_t = (h_t·w_t)^−α, normalised over the step's active scales
-(Σ_t n_t·w_t = 1; the active-only normalisation is the spec's reading of "step-level normalization"). α = 0 is the
+(Σ_t n_t·w_t = 1; the active-only normalisation is this project's reading of "step-level normalization"). α = 0 is the
 plain token mean, α = 1 gives every scale the same total weight. The weights are returned times the row's
 active-token count so that the trainer's token-mean gives Σ_j w_j ℓ_j per sample (see var_mask.py).
 """

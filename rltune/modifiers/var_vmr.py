@@ -1,5 +1,5 @@
 """VMR, Value as Middle Return (Sun et al., "VAR RL Done Right", arXiv 2601.02256, Def. 1, Eq. 4–5 and 10, §4.1;
-spec visual_modifiers.md §1.3.2): an intermediate reward at a split scale m, with prefix/suffix alternation.
+docs/var.md, VMR): an intermediate reward at a split scale m, with prefix/suffix alternation.
 
 The scale sequence is split at m. A *prefix* step trains scales < m with the soft value of the intermediate state
 as its only reward, estimated from K on-policy completions of each prefix:
@@ -11,7 +11,7 @@ Steps alternate `prefix_steps` : `suffix_steps` (the paper's 3:1 "fine-grained" 
 How it reaches the sampler: `on_prompts` writes the step's plan into three prompt columns (var_stage, var_split,
 var_k) that the VAR trainer's sampler follows; the trainer's loss mask then covers the stage's scales only (the
 temporal gate), and marks rows of one prefix with extras["prefix_id"]. The group key of the suffix stage (the
-prefix) and per-token ratios are the spec's [UNCONFIRMED] defaults; K completions get no gradient: in a prefix
+prefix) and per-token ratios are this project's choices (docs/var.md, VMR); K completions get no gradient: in a prefix
 step only the first row of each prefix carries the (identical) prefix tokens into the loss.
 """
 
@@ -33,7 +33,7 @@ Stage = Literal["prefix", "suffix"]
 
 
 def soft_value(rewards: Tensor, eta: float = 1.0) -> Tensor:
-    """V = η·(logsumexp(R/η) − log K) over the last dim, in float64 (stable for large R/η; spec §1.7).
+    """V = η·(logsumexp(R/η) − log K) over the last dim, in float64 (stable for large R/η; docs/var.md).
     rewards [..., K] -> [...]."""
     r = rewards.double()
     return eta * (torch.logsumexp(r / eta, dim=-1) - math.log(r.shape[-1]))

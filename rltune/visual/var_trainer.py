@@ -3,7 +3,7 @@ token pyramids, read top to bottom.
 
     rltune train recipes/var-tiny.yaml                 # a recipe with model.kind: var
 
-One step (B prompts = class labels, G samples each; a row holds T = Σ_t h_t·w_t scale-tokens, spec §1.3):
+One step (B prompts = class labels, G samples each; a row holds T = Σ_t h_t·w_t scale-tokens, docs/var.md):
   plan      mods.on_prompts may attach a VMR plan (columns var_stage/var_split/var_k): full | prefix | suffix
   rollout   token pyramids with per-token log-probs (CFG, top-k/top-p); N rows; the loss mask = the stage's scales
   reward    decode -> images -> RewardManager(RewardInput(images=...)) -> rewards [N] + spatial extras (boxes)
@@ -59,7 +59,7 @@ LAYOUT_KEYS = ("scale_idx", "scale_hw", "image_hw", "prefix_id")
 
 @dataclass(frozen=True)
 class RolloutPlan:
-    """How one step samples (spec §1.3.2): `full` = G independent pyramids per prompt; `prefix` = G prefixes
+    """How one step samples (docs/var.md, VMR): `full` = G independent pyramids per prompt; `prefix` = G prefixes
     (scales < split) per prompt, each completed k times; `suffix` = one prefix per prompt completed G times."""
 
     stage: str = "full"
@@ -186,7 +186,7 @@ class VarTrainer(RunLoop):
             per, cond = G, labels.repeat_interleave(G)
             s = self._sample(cond, **kw)
             prefix_id, active = torch.arange(B * G), torch.ones(T, dtype=torch.bool)
-        elif plan.stage == "prefix":  # G prefixes per prompt, each completed k times (for V_m, spec §1.3.2)
+        elif plan.stage == "prefix":  # G prefixes per prompt, each completed k times (for V_m, docs/var.md)
             per, pre_cond = G * plan.k, labels.repeat_interleave(G)
             pre = self._sample(pre_cond, stop_scale=m, **kw)
             cond = pre_cond.repeat_interleave(plan.k)
@@ -310,7 +310,7 @@ class VarTrainer(RunLoop):
             "algo/adv_abs_mean": float(masked_mean(advantages.abs(), m)) if m.any() else 0.0,
             "rollout/stage": float(STAGES.index(plan.stage)),
             "rollout/rows": float(len(batch)),
-            # gap between the sampled distribution (CFG, top-k/p) and the trained one (spec §1.5)
+            # gap between the sampled distribution (CFG, top-k/p) and the trained one (docs/var.md)
             "rollout/sample_logprob_gap": float(masked_mean(sample_lp - batch.rollout_logprobs, batch.response_mask)),
             "perf/tokens": int(m.sum()),
             **result.metrics,
@@ -358,7 +358,7 @@ class VarTrainer(RunLoop):
 
 def policy_loss(logits: torch.Tensor, tokens: torch.Tensor, old_logprobs: torch.Tensor | None,
                 advantages: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None, a: AlgoConfig, agg):
-    """The clipped policy loss of one micro-batch, spec §0.2: agg(ℓ_PG · w, mask).
+    """The clipped policy loss of one micro-batch (docs/var.md): agg(ℓ_PG · w, mask).
 
     logits [n,T,V] (with grad), tokens [n,T], old_logprobs [n,T] or None (on-policy single update: the old policy
     is the current one, so the ratio is 1 with the right gradient), advantages [n,T], mask [n,T] bool, weight [n,T]
