@@ -100,8 +100,10 @@ def sft(
 
 @app.command()
 def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) -> None:
-    """Check the schema, resolve every plugin and bind its args (no model, no data, no GPU)."""
+    """Check the schema, resolve every plugin and bind its args, and check that the policy family (model.kind)
+    honours every key set and runs every modifier (no model, no data, no GPU). Exit 2 if any recipe fails."""
     from rltune import plugins
+    from rltune.families import check_support
     from rltune.modifiers.pipeline import check_modifier_class
 
     bad = 0
@@ -112,10 +114,12 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) ->
                 target = plugins.resolve(spec.use, "rewards")
                 if isinstance(target, type) or spec.args:
                     plugins.bind_args(target, spec.args, spec.use)
+            classes = {}
             for m in r.modifiers:
-                cls = plugins.resolve(m.use, "modifiers")
+                cls = classes[m.key] = plugins.resolve(m.use, "modifiers")
                 check_modifier_class(cls, m.key)
                 plugins.bind_args(cls, m.args, m.use)
+            check_support(r, classes)
             if r.env is not None:
                 plugins.bind_args(plugins.resolve(r.env.use, "envs"), r.env.args, r.env.use)
             out.print(f"[green]ok[/]   {path}")
@@ -123,7 +127,7 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) ->
             bad += 1
             out.print(f"[red]fail[/] {path}\n{e}", highlight=False)
     if bad:
-        raise typer.Exit(1)
+        raise typer.Exit(2)
 
 
 @app.command()

@@ -26,6 +26,7 @@ from rltune import algo
 from rltune.config.schema import Recipe
 from rltune.data.batch import RolloutBatch
 from rltune.data.prompts import PromptLoader, format_prompt, load_rows
+from rltune.families import FAMILIES, TEXT, check_support
 from rltune.models.policy import load_policy, resolve_device
 from rltune.modifiers.base import (
     AdvantageContext,
@@ -62,7 +63,10 @@ from rltune.watchdog import Watchdog
 class Trainer(RunLoop):
     """Text LMs. The outer loop (fit, signals, eval cadence, checkpoints) is RunLoop's (rltune/train/loop.py)."""
 
+    manifest = TEXT
+
     def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
+        check_support(recipe, base_dir=base_dir)
         resume_from = self._open_run(recipe, base_dir, resume, overwrite)
         r = recipe
 
@@ -395,13 +399,10 @@ class Trainer(RunLoop):
 def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
     """The trainer of the recipe's policy family (model.kind): text LMs here, visual policies in rltune/visual/.
     Every trainer has fit(), step, run_dir, model, best and stopped_by."""
-    kind = recipe.model.kind
-    if kind == "var":
-        from rltune.visual.var_trainer import VarTrainer as cls
-    elif kind == "diffusion":
-        from rltune.visual.diffusion_trainer import DiffusionTrainer as cls
-    else:
-        cls = Trainer
+    import importlib
+
+    module, name = FAMILIES[recipe.model.kind].trainer.split(":")
+    cls = getattr(importlib.import_module(module), name)
     return cls(recipe, base_dir, resume=resume, overwrite=overwrite)
 
 

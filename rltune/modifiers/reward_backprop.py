@@ -1,7 +1,7 @@
 """Reward backprop through the sampler: AlignProp and Direct-Align/SRPO (docs/diffusion.md).
 
 Both contribute an `extra_loss` computed from the diffusion trainer's no-grad rollout through the policy handle
-in `DiffusionLossContext` (they return {} on any other context, e.g. a text trainer's LossContext):
+in `DiffusionLossContext` (any other context is a TypeError; `rltune validate` refuses them elsewhere):
 
   * AlignProp (Prabhudesai et al., arXiv 2310.03739): re-run the last K denoising steps from the recorded
     latent with gradient (checkpointed), decode, loss = −R (or |R − target|, 1 − R), into the LoRA weights.
@@ -118,7 +118,8 @@ class AlignProp(Modifier):
         from rltune.visual.diffusion_context import DiffusionLossContext
 
         if not isinstance(ctx, DiffusionLossContext):
-            return {}
+            raise TypeError(f"{type(self).__name__} runs in the diffusion trainer only (got {type(ctx).__name__}); "
+                            "`rltune validate` refuses it for other model.kind values")
         T = ctx.policy.num_steps
         # One draw per sampling call (= micro-batch), seeded by (seed, step, rank, first row): reproducible.
         g = ctx.state.generator(_SALT_ALIGNPROP + int(ctx.rows[0]))
@@ -239,7 +240,8 @@ class DirectAlign(Modifier):
         from rltune.visual.diffusion_context import DiffusionLossContext
 
         if not isinstance(ctx, DiffusionLossContext):
-            return {}
+            raise TypeError(f"{type(self).__name__} runs in the diffusion trainer only (got {type(ctx).__name__}); "
+                            "`rltune validate` refuses it for other model.kind values")
         g = ctx.state.generator(_SALT_DIRECT + int(ctx.rows[0]))
         sel = int(torch.randint(5, self.L - 5 + 1, (), generator=g))          # SRPO: U{5..L−5} per update
         k, (mid_d, hi_d, lo_d), (mid_i, hi_i, lo_i) = srpo_indices(sel, self.L, self.ratio)

@@ -10,8 +10,6 @@ active-token count so that the trainer's token-mean gives Σ_j w_j ℓ_j per sam
 
 from __future__ import annotations
 
-import warnings
-
 from rltune.modifiers.base import LossContext, Modifier, TokenWeights
 from rltune.modifiers.var_mask import layout, var_token_weights
 
@@ -22,20 +20,18 @@ class ScaleReweight(Modifier):
     """Token weights ∝ (h_t·w_t)^−α (hook `token_weights`). Args: alpha (paper: 0.6–0.8 best, NextFlow
     pre-training 0.9; default 0.7). For PANW together with Mask Propagation use `var_mask` with its `alpha`."""
 
+    requires = frozenset({"var_layout"})   # the VAR trainer's scale layout: `rltune validate` refuses other families
+
     def __init__(self, alpha: float = 0.7):
         if alpha < 0:
             raise ValueError(f"alpha must be ≥ 0, got {alpha}")
         self.alpha = alpha
-        self._warned = False
 
     def token_weights(self, ctx: LossContext) -> TokenWeights | None:
         lay = layout(ctx.extras)
         if lay is None:
-            if not self._warned:
-                warnings.warn("scale_reweight: the batch has no VAR token layout (extras scale_idx/scale_hw); it is a "
-                              "no-op outside the VAR trainer", stacklevel=2)
-                self._warned = True
-            return None
+            raise ValueError("scale_reweight needs the VAR token layout (extras scale_idx/scale_hw): use it with "
+                             "model.kind: var")
         scale_idx, scales, _ = lay
         w = var_token_weights(scale_idx, [h * w for h, w in scales], self.alpha, ctx.response_mask.bool())
         return TokenWeights(weight=w)

@@ -18,7 +18,6 @@ image_hw [N,2] long, and per source boxes [N,K,4] float (x0,y0,x1,y1 pixels, NaN
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal, Sequence
 
 import torch
@@ -146,6 +145,8 @@ class VarMask(Modifier):
     coverage (mean final-scale mask).
     """
 
+    requires = frozenset({"var_layout"})   # the VAR trainer's scale layout: `rltune validate` refuses other families
+
     def __init__(self, source: Literal["boxes", "saliency", "none"] = "boxes", mode: Literal["max", "area"] = "max",
                  recursive: bool = False, dilate: int = 0, threshold: float | None = None, alpha: float = 0.0,
                  renormalize: bool = True, saliency_q: float = 0.25, scales: list[int] | None = None):
@@ -160,7 +161,6 @@ class VarMask(Modifier):
         self.scales = None if scales is None else sorted(set(scales))
         self.empty_count = 0
         self._metrics: dict[str, float] = {}
-        self._warned = False
 
     def final_mask(self, extras: dict[str, Tensor], grid: Scale, image_hw: tuple[int, int], n: int) -> Tensor:
         """[n,h_S,w_S] final-scale mask of each row (before the empty fallback)."""
@@ -177,11 +177,8 @@ class VarMask(Modifier):
     def token_weights(self, ctx: LossContext) -> TokenWeights | None:
         lay = layout(ctx.extras)
         if lay is None:
-            if not self._warned:
-                warnings.warn("var_mask: the batch has no VAR token layout (extras scale_idx/scale_hw); it is a no-op "
-                              "outside the VAR trainer", stacklevel=2)
-                self._warned = True
-            return None
+            raise ValueError("var_mask needs the VAR token layout (extras scale_idx/scale_hw): use it with "
+                             "model.kind: var")
         scale_idx, scales, image_hw = lay
         n = scale_idx.shape[0]
         fm = dilate(self.final_mask(ctx.extras, scales[-1], image_hw, n), self.dilate)

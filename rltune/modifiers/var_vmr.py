@@ -92,6 +92,8 @@ class VMR(Modifier):
     Metrics: stage (1 = prefix, 0 = suffix), value_mean and value_gap (mean V_m − mean R, ≥ 0) on prefix steps.
     """
 
+    requires = frozenset({"var_layout"})   # only the VAR trainer follows the rollout plan
+
     def __init__(self, split: int = 2, k: int = 2, eta: float = 1.0, prefix_steps: int = 3, suffix_steps: int = 1):
         if split < 1:
             raise ValueError(f"split must be ≥ 1 (the prefix needs at least one scale), got {split}")

@@ -23,7 +23,9 @@ import torch
 from rltune import algo
 from rltune.config.schema import Recipe
 from rltune.data.prompts import PromptLoader, load_rows
+from rltune.families import DIFFUSION, check_support
 from rltune.models.diffusion import load_diffusion_policy
+from rltune.models.policy import resolve_device
 from rltune.modifiers.base import GradView, Modifier, PromptContext, StepState
 from rltune.modifiers.pipeline import ModifierError, ModifierPipeline
 from rltune.reward import RewardManager
@@ -38,12 +40,14 @@ EVAL_NOISE_SALT = 4_242
 
 
 class DiffusionTrainer(RunLoop):
+    manifest = DIFFUSION
     DIVERGED_ADVICE = "Lower train.lr or check the rewards for inf"
 
     def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
+        check_support(recipe, base_dir=base_dir)   # every key set is honoured, every modifier runs (rltune/families.py)
         resume_from = self._open_run(recipe, base_dir, resume, overwrite)
         r = recipe
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(r.run.device)
 
         # Policy: denoiser (+ LoRA) with its schedule, text encoder and VAE; only the trainable part is saved.
         self.model = load_diffusion_policy(r.model, r.run.seed, self.device)

@@ -34,6 +34,8 @@ from rltune.config.load import RecipeError, dump_recipe
 from rltune.config.schema import AlgoConfig, Recipe
 from rltune.data.batch import PromptBatch, RolloutBatch
 from rltune.data.prompts import PromptLoader, load_rows
+from rltune.families import VAR, check_support
+from rltune.models.policy import resolve_device
 from rltune.models.var import VarPolicy, VarSample, build_var_policy, sample_var, scale_index, token_logprobs
 from rltune.modifiers.base import AdvantageContext, GradView, LossContext, PromptContext, RewardContext, StepState
 from rltune.modifiers.pipeline import ModifierPipeline
@@ -68,17 +70,18 @@ class RolloutPlan:
 
 
 class VarTrainer(RunLoop):
+    manifest = VAR
     NONFINITE = "gradient"
     DIVERGED_ADVICE = "Lower train.lr, set train.max_grad_norm, or check rewards/modifiers"
 
     def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
         r = recipe
-        _check_supported(r)
+        check_support(r, base_dir=base_dir)   # every key set is honoured, every modifier runs (rltune/families.py)
         resume_from = self._open_run(recipe, base_dir, resume, overwrite)
 
-        # One device: the GPU when there is one (the real-size recipe), else the CPU; batches live on the CPU and
-        # cross to the device at the model's boundary (_sample, _decode, _logits).
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # One device (run.device; auto = the GPU when there is one); batches live on the CPU and cross to the device
+        # at the model's boundary (_sample, _decode, _logits).
+        self.device = resolve_device(r.run.device)
         self.model: VarPolicy = build_var_policy(r.model.var, seed=r.run.seed)
         self.ref_model = None
         if r.algo.kl_coef > 0:  # the reference is the starting policy (also when resuming), frozen
@@ -245,7 +248,8 @@ class VarTrainer(RunLoop):
         plan = minibatches(len(batch), a.ppo_epochs, a.mini_batches)
         for mini in plan:
             denom = algo.global_denominators(loss_mask[mini])
-            agg = functools.partial(algo.aggregate, mode=a.loss_agg, scale_constant=T, **denom)
+            agg = functools.partial(algo.aggregate, mode=a.loss_agg, scale_constant=a.loss_scale_constant or T,
+                                    **denom)
             for rows in mini.split(r.train.micro_batch_size):
                 dv = lambda x: None if x is None else x[rows].to(self.device)  # noqa: E731
                 logits = self._logits(self.model, tokens[rows], cond[rows])
@@ -371,25 +375,6 @@ def policy_loss(logits: torch.Tensor, tokens: torch.Tensor, old_logprobs: torch.
     if weight is not None:
         pg = pg * weight
     return agg(pg, mask), lp, old, clipped
-
-
-def _check_supported(r: Recipe) -> None:
-    """Options of the text trainer that the VAR trainer does not implement fail at start, naming the key."""
-    a = r.algo
-    unsupported = {
-        "algo.advantage=gae / critic": a.advantage == "gae" or r.critic is not None,
-        "algo.kl_placement=reward": a.kl_coef > 0 and a.kl_placement == "reward",
-        "algo.kl_controller=adaptive": a.kl_controller == "adaptive",
-        "algo.dynamic_sampling": a.dynamic_sampling.enabled,
-        "algo.mask_truncated": a.mask_truncated,
-        "cluster.rollout_workers": r.cluster.rollout_workers > 0,
-        "model.lora": r.model.lora is not None,
-        "sft": r.sft is not None,
-    }
-    bad = [k for k, v in unsupported.items() if v]
-    if bad:
-        raise RecipeError(f"model.kind: var does not support {', '.join(bad)} (rltune/visual/var_trainer.py); "
-                          "remove them from the recipe")
 
 
 def _reward_extras(extras: dict[str, list], n: int) -> dict[str, torch.Tensor]:
