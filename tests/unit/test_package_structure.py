@@ -92,3 +92,22 @@ def test_comments_cite_documents_in_this_repository():
     bad = [f"{p.relative_to(root)}:{i}" for d in ("rltune", "rewards") for p in sorted((root / d).rglob("*.py"))
            for i, line in enumerate(p.read_text().splitlines(), 1) if pat.search(line)]
     assert not bad, bad
+
+
+def test_size_budgets():
+    """No function over 80 lines, no file over 600, the text trainer's step file at most 400."""
+    long_fns = [f"{m}.{n.name} ({n.end_lineno - n.lineno + 1} lines)" for m, tree in MODULES.items()
+                for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and n.end_lineno - n.lineno + 1 > 80]
+    assert not long_fns, long_fns
+    sizes = {p: len(p.read_text().splitlines()) for p in PKG.rglob("*.py")}
+    assert not [p for p, n in sizes.items() if n > 600], sizes
+    assert sizes[PKG / "trainer.py"] <= 400
+
+
+def test_trainer_does_not_probe_its_engines():
+    """The trainer talks to its engines through their protocols (rltune/train/engines.py), not hasattr/getattr."""
+    cls = next(n for n in MODULES["rltune.trainer"].body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+    probes = [n.lineno for n in ast.walk(cls) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+              and n.func.id in ("hasattr", "getattr")]
+    assert not probes, probes
