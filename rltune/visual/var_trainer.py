@@ -18,7 +18,7 @@ checkpoints are RunLoop's, as for the text trainer (rltune/train/loop.py, rltune
 from __future__ import annotations
 
 import copy
-import functools
+import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -37,7 +37,7 @@ from rltune.data.prompts import PromptLoader, load_rows
 from rltune.families import VAR, check_support
 from rltune.models.policy import resolve_device
 from rltune.models.var import VarPolicy, VarSample, build_var_policy, sample_var, scale_index, token_logprobs
-from rltune.modifiers.base import AdvantageContext, GradView, LossContext, PromptContext, RewardContext, StepState
+from rltune.modifiers.base import AdvantageContext, LossContext, PromptContext, RewardContext, StepState
 from rltune.modifiers.pipeline import ModifierPipeline
 from rltune.ops import entropy_from_logits, masked_mean
 from rltune.reward import RewardManager
@@ -53,6 +53,7 @@ from rltune.train.shared import (
     step_seed,
 )
 from rltune.train.torch_engine import TorchEngine
+from rltune.train.update import UpdateInputs, UpdateSpec
 from rltune.watchdog import Watchdog
 
 STAGES = ("full", "prefix", "suffix")
@@ -97,7 +98,7 @@ class VarTrainer(RunLoop):
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, None, r.run.seed)
         self.eval_rows = self._load_eval_rows()
-        self.engine = TorchEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
+        self.engine = VarEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
         if resume_from is not None:
             self._load_state(ckpt.load_state(resume_from))
         self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)  # last: its clock starts with the run
@@ -242,47 +243,16 @@ class VarTrainer(RunLoop):
 
     # ---------------------------------------------------------------------------------------- update
     def _update(self, batch, cond, advantages, loss_mask, weight, old_logprobs, ref_logprobs, state) -> dict:
+        """The shared update (rltune/train/update.py: run_update) over rows [cond | tokens] (see VarEngine):
+        mini-batches, micro-batch accumulation, loss, skip rule and metrics exactly as for text policies."""
         r, a = self.recipe, self.recipe.algo
-        tokens, T = batch.response_ids, batch.response_ids.shape[1]
-        acc: dict[str, float] = defaultdict(float)
-        plan = minibatches(len(batch), a.ppo_epochs, a.mini_batches)
-        for mini in plan:
-            denom = algo.global_denominators(loss_mask[mini])
-            agg = functools.partial(algo.aggregate, mode=a.loss_agg, scale_constant=a.loss_scale_constant or T,
-                                    **denom)
-            for rows in mini.split(r.train.micro_batch_size):
-                dv = lambda x: None if x is None else x[rows].to(self.device)  # noqa: E731
-                logits = self._logits(self.model, tokens[rows], cond[rows])
-                m = dv(loss_mask)
-                loss, lp, old, clipped = policy_loss(logits, dv(tokens), dv(old_logprobs), dv(advantages), m,
-                                                     dv(weight), a, agg)
-                acc["loss/policy"] += float(loss.detach())
-                if a.kl_coef > 0:
-                    kl = agg(algo.kl_penalty(lp, dv(ref_logprobs), a.kl_estimator), m)
-                    loss = loss + a.kl_coef * kl
-                    acc["algo/kl"] += float(kl.detach())
-                if a.entropy_coef:
-                    loss = loss - a.entropy_coef * agg(entropy_from_logits(logits), m)
-                ctx = LossContext(rows, lp, old, dv(advantages), m, state, None,
-                                  {k: dv(v) for k, v in batch.extras.items()}, total_rows=len(mini))
-                for name, term in self.mods.extra_loss(ctx).items():
-                    loss = loss + term
-                    acc[f"loss/{name}"] += float(term.detach())
-                self.engine.backward(loss)
-                if m.any():
-                    share = float(m.sum()) / max(1.0, denom["num_tokens"])
-                    acc["algo/clip_frac"] += float(masked_mean(clipped.float(), m)) * share
-                    acc["algo/ppo_kl"] += float(masked_mean(old - lp.detach(), m)) * share
-            self.mods.on_gradients(GradView(self.engine.named_parameters()), state)
-            if not self.engine.grads_finite():
-                self.engine.skip_step()
-                acc["train/skipped_step"] += 1.0
-                continue
-            acc["train/grad_norm"] += self.engine.step()
-            acc["train/optimizer_steps"] += 1.0
-        out = {k: v / len(plan) for k, v in acc.items()}
-        out["train/lr"] = self.engine.lr
-        return out
+        T = batch.response_ids.shape[1]
+        x = UpdateInputs(torch.cat([cond[:, None], batch.response_ids], 1), torch.ones(len(batch), T + 1,
+                         dtype=torch.long), advantages, loss_mask, batch.rollout_logprobs, weight, old_logprobs,
+                         None, ref_logprobs, dict(batch.extras))
+        # A VAR row has T tokens whatever rollout.max_new_tokens says: that is the seq-mean-token-sum-norm constant.
+        spec = dataclasses.replace(UpdateSpec.from_recipe(r, a.kl_coef), loss_scale_constant=a.loss_scale_constant or T)
+        return self.engine.update(x, minibatches(len(batch), a.ppo_epochs, a.mini_batches), spec, state, self.mods)
 
     # ------------------------------------------------------------------------------------ eval / metrics
     @torch.no_grad()
@@ -358,6 +328,20 @@ class VarTrainer(RunLoop):
     def export(self, out: Path) -> None:
         self._save_model(out)
         (out / "recipe.yaml").write_text(dump_recipe(self.recipe))
+
+
+class VarEngine(TorchEngine):
+    """The shared TorchEngine with the VAR teacher-forcing forward: a row of `input_ids` is [class label | T
+    scale-tokens]. Log-probs are the plain policy's (no temperature, no CFG: docs/var.md), in fp32."""
+
+    def forward(self, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
+        device = self.params[0].device
+        cond, tokens = input_ids[:, 0].to(device), input_ids[:, 1:].to(device)
+        logits = self.model(tokens, cond).float()
+        ent = None
+        if entropy:
+            ent = entropy_from_logits(logits) if entropy_grad else entropy_from_logits(logits.detach())
+        return token_logprobs(logits, tokens), ent
 
 
 def policy_loss(logits: torch.Tensor, tokens: torch.Tensor, old_logprobs: torch.Tensor | None,
