@@ -33,6 +33,7 @@ from rltune.reward.image import TextImageScorer, is_differentiable, weighted_ima
 from rltune.train import checkpoint as ckpt
 from rltune.train.loop import RunDirError, RunLoop, rng_state, set_rng_state
 from rltune.train.shared import best_worst_samples, eval_metrics, image_reward_input, load_eval_rows, step_seed
+from rltune.train.torch_engine import TorchEngine
 from rltune.visual.diffusion_context import DiffusionLossContext
 from rltune.watchdog import Watchdog
 
@@ -54,10 +55,11 @@ class DiffusionTrainer(RunLoop):
         self.params = [p for _, p in self.model.trainable()]
         if not self.params:
             raise RunDirError("the diffusion policy has no trainable parameter (check model.lora.target_modules)")
-        t = r.train
-        self.opt = torch.optim.AdamW(self.params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt,
-                                                          _lr_lambda(t.scheduler, t.warmup_steps, r.run.steps))
+        # The shared engine (rltune/train/torch_engine.py): AdamW, the one LR schedule, clipping, skip rule. It
+        # holds the denoiser, whose trainable weights are the policy's; its train/eval mode is left as loaded.
+        mode = self.model.denoiser.training
+        self.engine = TorchEngine(self.model.denoiser, r.train, r.run.steps)
+        self.model.denoiser.train(mode)
 
         # Rewards: all of them score the rollout (logs, eval); the differentiable ones form the backprop objective.
         self.rewards = RewardManager(r.rewards, base_dir=self.base_dir)
@@ -132,7 +134,7 @@ class DiffusionTrainer(RunLoop):
 
         # -- update: the modifiers' loss terms per micro-batch (gradients accumulate), then one optimizer step
         with self._phase(timers, "time/update"):
-            self.opt.zero_grad(set_to_none=True)
+            self.engine.optimizer.zero_grad(set_to_none=True)
             acc: dict[str, float] = defaultdict(float)
             for rows in torch.arange(N).split(r.train.micro_batch_size):
                 ctx = DiffusionLossContext(rows, ro.rows(rows.to(ro.latents.device)), self.model, self._reward_fn,
@@ -146,16 +148,14 @@ class DiffusionTrainer(RunLoop):
                 acc["loss/total"] += float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
             self.mods.on_gradients(GradView(self.model.trainable()), state)
             stats = dict(acc)
-            finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
-            if not (finite and math.isfinite(acc["loss/total"])):
-                self.opt.zero_grad(set_to_none=True)
+            # A skipped step leaves weights, optimizer state and the LR schedule where they were.
+            if not (self.engine.grads_finite() and math.isfinite(acc["loss/total"])):
+                self.engine.skip_step()
                 stats["train/skipped_step"] = 1.0
             else:
-                max_norm = r.train.max_grad_norm or float("inf")
-                stats["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
-                self.opt.step()
-                stats["train/lr"] = self.opt.param_groups[0]["lr"]
-            self.lr_sched.step()
+                stats["train/lr"] = self.engine.lr
+                stats["train/grad_norm"] = self.engine.step()
+                stats["train/optimizer_steps"] = 1.0
 
         metrics = {"reward/mean": float(torch.nanmean(raw)), "reward/std": float(raw[~raw.isnan()].std())
                    if int((~raw.isnan()).sum()) > 1 else 0.0, **res.metrics, **stats, **timers}
@@ -197,26 +197,18 @@ class DiffusionTrainer(RunLoop):
 
     # --------------------------------------------------------------------------------- state and files
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "optimizer": self.opt.state_dict(), "lr_sched": self.lr_sched.state_dict(),
-                "loader": self.loader.state_dict(), "modifiers": self.mods.state_dict(), "best": self.best,
+        return {"step": self.step, "engine": self.engine.state_dict(), "loader": self.loader.state_dict(), "modifiers": self.mods.state_dict(), "best": self.best,
                 "rng": rng_state()}
 
     def _load_state(self, sd: dict[str, Any]) -> None:
         self.step = sd["step"]
-        self.opt.load_state_dict(sd["optimizer"])
-        self.lr_sched.load_state_dict(sd["lr_sched"])
+        # Checkpoints before the shared engine kept {"optimizer", "lr_sched"}: the same two state dicts.
+        self.engine.load_state_dict(sd["engine"] if "engine" in sd else
+                                    {"optimizer": sd["optimizer"], "scheduler": sd["lr_sched"]})
         self.loader.load_state_dict(sd["loader"])
         self.mods.load_state_dict(sd["modifiers"])
         self.best = sd.get("best")
         set_rng_state(sd["rng"])
-
-
-def _lr_lambda(kind: str, warmup: int, total: int):
-    def f(step: int) -> float:
-        w = min(1.0, (step + 1) / warmup) if warmup else 1.0
-        frac = min(1.0, step / max(1, total))
-        return w * {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[kind]
-    return f
 
 
 def image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 4) -> Path:
