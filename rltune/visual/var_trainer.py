@@ -4,7 +4,7 @@ token pyramids, read top to bottom.
     rltune train recipes/var-tiny.yaml                 # a recipe with model.kind: var
 
 One step (B prompts = class labels, G samples each; a row holds T = Σ_t h_t·w_t scale-tokens, docs/var.md):
-  plan      mods.on_prompts may attach a VMR plan (columns var_stage/var_split/var_k): full | prefix | suffix
+  plan      mods.on_prompts may attach a VMR plan (PromptBatch.plan, a RolloutPlan): full | prefix | suffix
   rollout   token pyramids with per-token log-probs (CFG, top-k/top-p); N rows; the loss mask = the stage's scales
   reward    decode -> images -> RewardManager(RewardInput(images=...)) -> rewards [N] + spatial extras (boxes)
   advantage algo.estimate over the groups -> mods.shape_advantages (VMR: soft values of the prefixes)
@@ -22,7 +22,6 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +53,10 @@ from rltune.train.shared import (
 )
 from rltune.train.torch_engine import TorchEngine
 from rltune.train.update import UpdateInputs, UpdateSpec
+from rltune.visual.var_plan import STAGES, RolloutPlan
 from rltune.watchdog import Watchdog
 
-STAGES = ("full", "prefix", "suffix")
 LAYOUT_KEYS = ("scale_idx", "scale_hw", "image_hw", "prefix_id")
-
-
-@dataclass(frozen=True)
-class RolloutPlan:
-    """How one step samples (docs/var.md, VMR): `full` = G independent pyramids per prompt; `prefix` = G prefixes
-    (scales < split) per prompt, each completed k times; `suffix` = one prefix per prompt completed G times."""
-
-    stage: str = "full"
-    split: int = 0
-    k: int = 1
 
 
 class VarTrainer(RunLoop):
@@ -164,17 +153,12 @@ class VarTrainer(RunLoop):
 
     # --------------------------------------------------------------------------------------- rollout
     def _plan(self, prompts: PromptBatch) -> RolloutPlan:
-        """The step's sampling plan from the prompt columns a modifier (VMR) set; `full` without them."""
-        if "var_stage" not in prompts.meta:
+        """The step's sampling plan a modifier (VMR) attached to the prompts; `full` without one."""
+        if prompts.plan is None:
             return RolloutPlan()
-        cols = {k: set(prompts.meta[k]) for k in ("var_stage", "var_split", "var_k")}
-        if any(len(v) != 1 for v in cols.values()):
-            raise ValueError(f"every prompt of a step must share one rollout plan, got {cols}")
-        stage, split, k = (next(iter(cols[c])) for c in ("var_stage", "var_split", "var_k"))
-        if stage not in STAGES or not 0 < int(split) < len(self.scales) or int(k) < 1:
-            raise ValueError(f"bad VAR rollout plan stage={stage!r} split={split} k={k}: need a stage in {STAGES}, "
-                             f"0 < split < {len(self.scales)} scales, k ≥ 1")
-        return RolloutPlan(stage, int(split), int(k))
+        if not isinstance(prompts.plan, RolloutPlan):
+            raise ValueError(f"the VAR trainer samples by a rltune.visual.var_plan.RolloutPlan, got {prompts.plan!r}")
+        return prompts.plan.check(len(self.scales))
 
     def _rollout(self, prompts: PromptBatch, plan: RolloutPlan) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor]:
         """N rows of the plan -> (batch, cond [N], sampled-distribution log-probs [N,T])."""
@@ -251,7 +235,8 @@ class VarTrainer(RunLoop):
                          dtype=torch.long), advantages, loss_mask, batch.rollout_logprobs, weight, old_logprobs,
                          None, ref_logprobs, dict(batch.extras))
         # A VAR row has T tokens whatever rollout.max_new_tokens says: that is the seq-mean-token-sum-norm constant.
-        spec = dataclasses.replace(UpdateSpec.from_recipe(r, a.kl_coef), loss_scale_constant=a.loss_scale_constant or T)
+        spec = dataclasses.replace(UpdateSpec.from_recipe(r, a.kl_coef),
+                                   loss_scale_constant=a.loss_scale_constant or T)
         return self.engine.update(x, minibatches(len(batch), a.ppo_epochs, a.mini_batches), spec, state, self.mods)
 
     # ------------------------------------------------------------------------------------ eval / metrics

@@ -194,7 +194,7 @@ def _check_output(hook: str, out, args) -> None:
 def _acts(hook: str, out, args) -> bool:
     """The hook changed what it is for (a modifier that returns its input unchanged would pass vacuously)."""
     if hook == "on_prompts":
-        return out.hints is not None or out.meta.keys() != args[0].meta.keys()
+        return out.hints is not None or out.plan is not None or out.meta.keys() != args[0].meta.keys()
     if hook in ("shape_rewards", "shape_advantages"):
         return not _same(out, args[0])
     if hook == "token_weights":
