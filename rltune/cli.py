@@ -224,20 +224,9 @@ def init(
 
 
 def _eval_model(r, path: str) -> dict:
-    from rltune.trainer import Trainer
+    from rltune.evaluation import evaluate_model
 
-    tmp = r.model_copy(update={
-        "run": r.run.model_copy(update={"output_dir": str(Path(path) / ".eval")}),
-        "model": r.model.model_copy(update={"path": path, "tiny": None, "lora": None}),
-        "sft": None,
-        "logging": r.logging.model_copy(update={"console": False, "jsonl": False}),
-    })
-    t = Trainer(tmp, overwrite=True)
-    res = t.evaluate()
-    import shutil
-
-    shutil.rmtree(Path(path) / ".eval", ignore_errors=True)
-    return res
+    return evaluate_model(r, path)
 
 
 def _plan_line(r) -> str:
@@ -252,10 +241,10 @@ def _print_plan(r, trainer) -> None:
     n_params = sum(p.numel() for p in trainer.model.parameters())
     n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     err.print(f"[bold]rltune[/] {r.run.name}: {_plan_line(r)}")
-    where = (f"rollout in {r.cluster.rollout_workers} Ray workers" if r.cluster.rollout_workers
-             else "in-process rollout")
-    err.print(f"  model {n_params / 1e6:.2f}M params ({n_train / 1e6:.2f}M trained), {where} + torch engine in "
-              f"this process, run dir {trainer.run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
+    from rltune.train.engines import describe_engines
+
+    err.print(f"  model {n_params / 1e6:.2f}M params ({n_train / 1e6:.2f}M trained), {describe_engines(r)}, "
+              f"run dir {trainer.run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
 
 
 def _print_summary(trainer, recipe: Path) -> None:

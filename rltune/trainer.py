@@ -25,7 +25,7 @@ import torch
 from rltune import algo
 from rltune.config.schema import Recipe
 from rltune.data.batch import RolloutBatch
-from rltune.data.prompts import PromptLoader, format_prompt, load_rows
+from rltune.data.prompts import PromptLoader, load_rows
 from rltune.families import FAMILIES, TEXT, check_support
 from rltune.models.policy import load_policy, resolve_device
 from rltune.modifiers.base import (
@@ -48,11 +48,11 @@ from rltune.train.loop import RunDirError, RunLoop, TrainingDivergedError, rng_s
 from rltune.train.engines import build_engines
 from rltune.train.shared import (
     best_worst_samples,
-    eval_metrics,
-    load_eval_rows,
+    greedy_eval,
     minibatches,
     reward_input,
     step_seed,
+    text_eval_rows,
 )
 from rltune.train.update import UpdateInputs, UpdateSpec
 from rltune.watchdog import Watchdog
@@ -113,7 +113,7 @@ class Trainer(RunLoop):
         self.rewards = RewardManager(r.rewards, base_dir=self.base_dir)
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, self.tok, r.run.seed)
-        self.eval_rows = self._load_eval_rows()
+        self.eval_rows = text_eval_rows(r.data, self.tok, self.base_dir)
         c = r.cluster
         # Training engine (this process, or DeepSpeed ranks) and rollout engine (in-process, vLLM, Ray workers):
         # the trainer uses only their protocols (rltune/train/engines.py).
@@ -287,18 +287,10 @@ class Trainer(RunLoop):
                                  r.rollout.temperature, entropy, r.algo.kl_coef > 0)
 
     # ------------------------------------------------------------------------------------ eval / metrics
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Greedy completions on the held-out rows; `eval/accuracy` is the first reward's mean."""
-        from rltune.data.batch import PromptBatch
-
-        prompts, meta, chunk, scores = self.eval_rows["prompts"], self.eval_rows["meta"], 250, []
-        t0 = time.perf_counter()
-        for lo in range(0, len(prompts), chunk):
-            pb = PromptBatch(prompts=prompts[lo:lo + chunk], meta={k: v[lo:lo + chunk] for k, v in meta.items()})
-            b = self.rollout.generate(pb, self._sampling(greedy=True))
-            scores.append(self.rewards(reward_input(b, self.step)).scores)
-        return eval_metrics(torch.cat(scores), self.recipe.rewards, t0)
+        return greedy_eval(self.rollout, self.rewards, self.eval_rows, self._sampling(greedy=True), self.recipe.rewards,
+                           self.step)
 
     def _step_metrics(self, batch, result, raw, rewards, advantages, stats, timers) -> dict[str, Any]:
         lens = batch.response_len.float()
@@ -325,15 +317,6 @@ class Trainer(RunLoop):
         ro = self.recipe.rollout
         return SamplingParams(n=1 if greedy else ro.samples_per_prompt, max_new_tokens=ro.max_new_tokens,
                               temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k, greedy=greedy, seed=seed)
-
-    def _load_eval_rows(self) -> dict[str, Any] | None:
-        """{"prompts": templated prompts, "meta": columns} of the held-out rows, or None."""
-        d = self.recipe.data
-        ds = load_eval_rows(d, self.base_dir)
-        if ds is None:
-            return None
-        cols = ds.to_dict()
-        return {"prompts": [format_prompt(p, d, self.tok) for p in cols[d.prompt_column]], "meta": cols}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -19,7 +19,7 @@ from rltune.rollout.base import RolloutEngine
 from rltune.train.scoring import score_rows
 from rltune.train.torch_engine import TorchEngine
 
-__all__ = ["TrainingEngine", "LocalEngine", "Engines", "build_engines"]
+__all__ = ["TrainingEngine", "LocalEngine", "Engines", "build_engines", "describe_engines"]
 
 
 @runtime_checkable
@@ -128,3 +128,15 @@ def _rollout_engine(r: Any, model, tok, actor_start, engine, base_dir: Path, run
 
         rollout = MultiTurnEngine(rollout, r.env, base_dir=base_dir)
     return rollout
+
+
+def describe_engines(r: Any) -> str:
+    """Where rollout and training run, for the start summary: e.g. "rollout in 2 Ray workers (vllm) + DeepSpeed
+    ZeRO-3 on 4 Ray training ranks (this process keeps a synced copy)"."""
+    c, kind = r.cluster, r.rollout.engine
+    rollout = (f"rollout in {c.rollout_workers} Ray workers ({kind})" if c.rollout_workers
+               else f"in-process rollout ({kind})" if r.model.kind == "causal_lm" else "in-process rollout")
+    if c.train_ranks:
+        return (f"{rollout} + DeepSpeed ZeRO-{c.zero_stage} on {c.train_ranks} Ray training ranks (this process keeps "
+                "a synced copy)")
+    return f"{rollout} + torch engine in this process"

@@ -14,7 +14,7 @@ from rltune.reward import RewardInput
 from rltune.train.loop import finite_or_none
 
 __all__ = ["step_seed", "minibatches", "reward_input", "image_reward_input", "load_eval_rows", "eval_metrics",
-           "best_worst_samples"]
+           "best_worst_samples", "text_eval_rows", "greedy_eval"]
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -53,6 +53,32 @@ def load_eval_rows(data: Any, base_dir: str | Path):
     if data.eval_size:
         ds = ds.select(range(min(data.eval_size, len(ds))))
     return ds
+
+
+def text_eval_rows(data: Any, tok: Any, base_dir: str | Path) -> dict[str, Any] | None:
+    """{"prompts": templated prompts, "meta": columns} of the held-out rows of a text recipe, or None."""
+    from rltune.data.prompts import format_prompt
+
+    ds = load_eval_rows(data, base_dir)
+    if ds is None:
+        return None
+    cols = ds.to_dict()
+    return {"prompts": [format_prompt(p, data, tok) for p in cols[data.prompt_column]], "meta": cols}
+
+
+@torch.no_grad()
+def greedy_eval(rollout: Any, rewards: Any, rows: dict[str, Any], sampling: Any, reward_specs: Sequence[Any],
+                step: int, chunk: int = 250) -> dict[str, float]:
+    """Greedy completions of a text rollout engine on the held-out `rows` (text_eval_rows), scored by the
+    RewardManager `rewards` -> eval_metrics. `sampling`: SamplingParams with greedy=True."""
+    from rltune.data.batch import PromptBatch
+
+    prompts, meta, scores = rows["prompts"], rows["meta"], []
+    t0 = time.perf_counter()
+    for lo in range(0, len(prompts), chunk):
+        pb = PromptBatch(prompts=prompts[lo:lo + chunk], meta={k: v[lo:lo + chunk] for k, v in meta.items()})
+        scores.append(rewards(reward_input(rollout.generate(pb, sampling), step)).scores)
+    return eval_metrics(torch.cat(scores), reward_specs, t0)
 
 
 def eval_metrics(scores: torch.Tensor, reward_specs: Sequence[Any], t0: float) -> dict[str, float]:
