@@ -186,6 +186,8 @@ class Trainer(RunLoop):
         metrics = self._step_metrics(batch, result, raw, rewards, s.advantages, stats, timers)
         metrics["time/step"] = time.perf_counter() - t_step
         metrics |= self.mods.on_step_end(metrics, state)
+        # Training ranks report their own modifier instances' metrics (extra_loss/on_gradients run there).
+        metrics |= {k: v for k, v in stats.items() if k.startswith(("mod/", "time/mod/"))}
         self._last_samples = best_worst_samples(raw, lambda i: {"prompt": batch.prompts[i],
                                                                  "completion": batch.completions[i]})
         return metrics
