@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from pydantic import BaseModel
 
 __all__ = ["SupportManifest", "PolicyFamily", "FAMILIES", "manifest_for", "set_keys", "check_support",
-           "modifier_hooks", "supported_families", "support_table"]
+           "modifier_hooks", "supported_families", "builtin_modifiers", "support_table"]
 
 ALL_HOOKS = ("on_prompts", "shape_rewards", "shape_advantages", "token_weights", "extra_loss", "on_gradients",
              "on_step_end")
@@ -189,23 +189,33 @@ def check_support(recipe: Any, modifier_classes: dict[str, type] | None = None,
         provided |= set(getattr(cls, "provides", ()))
 
 
+def builtin_modifiers() -> dict[str, type]:
+    """{name: class} of the modifiers this package ships (its pyproject's `rltune.modifiers` entry points, read from
+    the source tree, so the table does not depend on what else is installed)."""
+    import importlib
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    eps = tomllib.loads(pyproject.read_text())["project"]["entry-points"]["rltune.modifiers"]
+    out = {}
+    for name, target in sorted(eps.items()):
+        module, attr = target.split(":")
+        out[name] = getattr(importlib.import_module(module), attr)
+    return out
+
+
 def support_table() -> str:
     """The family × hook × capability × modifier table and the keys each family ignores (markdown), as in
     docs/concepts.md and docs/modifiers.md between the `support-table` markers."""
-    from rltune import plugins
-
     fams = list(FAMILIES.values())
     head = "| | " + " | ".join(f"`{m.family}`" for m in fams) + " |\n|---|" + "---|" * len(fams) + "\n"
     rows = [f"| hook `{h}` | " + " | ".join("yes" if h in m.hooks else "—" for m in fams) + " |" for h in ALL_HOOKS]
     caps = sorted(set().union(*(m.capabilities for m in fams)))
     rows += [f"| provides `{c}` | " + " | ".join("yes" if c in m.capabilities else "—" for m in fams) + " |"
              for c in caps]
-    mods = sorted(plugins.installed("modifiers"))
-    for name in mods:
-        cls = plugins.resolve(name, "modifiers")
-        if cls.__module__.startswith("rltune."):
-            rows.append(f"| modifier `{name}` | " + " | ".join(
-                "yes" if _modifier_problem(cls, m) is None else "—" for m in fams) + " |")
+    for name, cls in builtin_modifiers().items():
+        rows.append(f"| modifier `{name}` | " + " | ".join(
+            "yes" if _modifier_problem(cls, m) is None else "—" for m in fams) + " |")
     keys = [f"- `{m.family}` reads every recipe key" + (" except " + ", ".join(f"`{k}`" for k in _unread(m))
             if _unread(m) else "") + "." for m in fams]
     return head + "\n".join(rows) + "\n\n" + "\n".join(keys) + "\n"

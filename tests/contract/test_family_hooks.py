@@ -7,13 +7,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from rltune import plugins
 from rltune.config.load import recipe_from_dict
-from rltune.families import ALL_HOOKS, FAMILIES, modifier_hooks, supported_families
+from rltune.families import ALL_HOOKS, FAMILIES, builtin_modifiers, modifier_hooks, supported_families
 from tests.conftest import ROOT, TINY, merge
 
-BUILTINS = {n: plugins.resolve(n, "modifiers") for n in sorted(plugins.installed("modifiers"))}
-BUILTINS = {n: c for n, c in BUILTINS.items() if c.__module__.startswith("rltune.")}
+BUILTINS = builtin_modifiers()
 PAIRS = [(n, f) for n, c in BUILTINS.items() for f in supported_families(c)]
 # Args that make the hook fire in a one-step run on the tiny fixtures (VMR: a prefix step at step 0).
 ARGS = {"direct_align": {"positive_words": ["Red"], "negative_words": ["Blue"], "sigma_range": [0.9, 0.3]},
