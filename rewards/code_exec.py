@@ -1,13 +1,12 @@
-"""Code-execution reward: runs the completion's Python in a sandboxed subprocess and compares its output.
+"""Code-execution reward: runs the completion's Python in a sandbox and compares what it prints.
 
-The child runs `python -I -S` (isolated: no user site, no env-based imports) in an empty temp directory with
-CPU-time, address-space and file-size limits (RLIMIT_*), a wall-clock timeout, a scrubbed environment, and
-no network where the platform allows it (a fresh network namespace via `unshare -n` when available; else
-socket creation is disabled inside the child). A crash, timeout or limit hit scores 0.0, never the run.
-The filesystem is not isolated beyond the working directory and RLIMIT_FSIZE: run untrusted code as an
-unprivileged user (or in a container) when that matters.
+Backends (rltune/reward/sandbox.py; docs/rewards.md): `bwrap` (default: bubblewrap namespaces on this machine),
+`http` (a SandboxFusion-compatible service at `url`), `local` (a plain subprocess). Without a working sandbox the
+reward refuses to start unless the recipe says `unsafe_local: true`, which then runs model-written code as the
+trainer's user with only rlimits around it. A crash, timeout or limit hit scores 0.0, never the run. The
+programs of a batch run `max_parallel` at a time.
 
->>> r = CodeExec(column="answer")
+>>> r = CodeExec(column="answer", unsafe_local=True)
 >>> from rltune.reward import RewardInput
 >>> r(RewardInput(prompts=["", ""], completions=["print(2+3)", "while True: pass"], completion_ids=[[], []],
 ...               meta={"answer": ["5", "5"]}))
@@ -18,56 +17,28 @@ from __future__ import annotations
 
 import os
 import re
-import resource
-import shutil
-import subprocess
-import sys
-import tempfile
+from typing import Literal
 
 from rltune.reward.api import RewardInput
+from rltune.reward.sandbox import Limits, make_sandbox, run_many
 
 _FENCE = re.compile(r"```(?:python)?\n(.*?)```", re.DOTALL)
-# Prepended to the program: no sockets even without a network namespace.
-_NO_NET = "import socket as _s\ndef _deny(*a, **k): raise OSError('network disabled in the sandbox')\n" \
-          "_s.socket = _deny; _s.create_connection = _deny\ndel _s, _deny\n"
-
-
-def _limits(cpu_s: int, mem_mb: int):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
-        resource.setrlimit(resource.RLIMIT_AS, (mem_mb << 20, mem_mb << 20))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-        os.setsid()
-
-    return apply
-
-
-def run_sandboxed(code: str, cpu_s: int = 2, mem_mb: int = 512, timeout_s: float = 5.0) -> tuple[int, str]:
-    """(returncode, stdout) of `code` run in the sandbox; returncode -1 on timeout."""
-    with tempfile.TemporaryDirectory(prefix="rltune-sandbox-") as tmp:
-        cmd = [sys.executable, "-I", "-S", "-c", _NO_NET + code]
-        if shutil.which("unshare") and os.geteuid() == 0:
-            cmd = ["unshare", "-n", *cmd]
-        try:
-            p = subprocess.run(cmd, cwd=tmp, env={"PATH": "/usr/bin:/bin", "HOME": tmp}, capture_output=True,
-                               text=True, timeout=timeout_s, preexec_fn=_limits(cpu_s, mem_mb))
-        except subprocess.TimeoutExpired:
-            return -1, ""
-        return p.returncode, p.stdout
 
 
 class CodeExec:
     """1.0 when the program in the completion (a ```python fence, else the whole text) prints the expected
     output (the `column` value, whitespace-stripped); 0.0 otherwise, including crashes and limit hits."""
 
-    def __init__(self, column: str = "answer", cpu_s: int = 2, mem_mb: int = 512, timeout_s: float = 5.0):
-        self.column, self.cpu_s, self.mem_mb, self.timeout_s = column, cpu_s, mem_mb, timeout_s
+    def __init__(self, column: str = "answer", backend: Literal["bwrap", "http", "local"] = "bwrap",
+                 url: str | None = None, unsafe_local: bool = False, cpu_s: int = 2, mem_mb: int = 512,
+                 timeout_s: float = 5.0, max_procs: int = 16, max_parallel: int | None = None):
+        self.column = column
+        self.sandbox = make_sandbox(backend, url, unsafe_local,
+                                    Limits(cpu_s=cpu_s, mem_mb=mem_mb, timeout_s=timeout_s, max_procs=max_procs))
+        self.max_parallel = max_parallel or min(8, os.cpu_count() or 1)
 
     def __call__(self, inp: RewardInput) -> list[float | None]:
-        out: list[float | None] = []
-        for completion, expected in zip(inp.completions, inp.meta[self.column]):
-            m = _FENCE.search(completion)
-            code = m.group(1) if m else completion
-            rc, stdout = run_sandboxed(code, self.cpu_s, self.mem_mb, self.timeout_s)
-            out.append(float(rc == 0 and stdout.strip() == str(expected).strip()))
-        return out
+        programs = [m.group(1) if (m := _FENCE.search(c)) else c for c in inp.completions]
+        results = run_many(self.sandbox, programs, self.max_parallel)
+        return [float(r.returncode == 0 and r.stdout.strip() == str(expected).strip())
+                for r, expected in zip(results, inp.meta[self.column])]

@@ -93,7 +93,7 @@ class HPSv2(ImageReward):
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"HPSv2: checkpoint {checkpoint} not found (local weights only)")
         self.model = open_clip.create_model(arch, pretrained=None)
-        sd = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        sd = torch.load(checkpoint, map_location="cpu", weights_only=True)  # a pickle must not run code
         self.model.load_state_dict(sd.get("state_dict", sd))
         self.model.eval().requires_grad_(False).to(_device(device))
         self.tok = open_clip.get_tokenizer(arch)

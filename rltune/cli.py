@@ -4,6 +4,7 @@
     rltune train recipes/addition-tiny.yaml               # GRPO from the recipe
     rltune train recipes/addition-tiny.yaml algo.kl_coef=0.01 run.steps=50
     rltune train recipes/addition-tiny.yaml --resume      # continue from the last checkpoint
+    rltune train recipes/addition-tiny.yaml run.steps=600 --resume --allow-changes   # ... for longer
     rltune validate recipes/*.yaml                        # schema + plugins, no heavy work
 """
 
@@ -40,17 +41,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rltune.rollout.hf_engine import PromptTooLongError
     from rltune.rollout.vllm_engine import EngineUnavailableError
     from rltune.sft import SFTError
+    from rltune.train.checkpoint import CheckpointError
     from rltune.train.worker import TrainRankDiedError
     from rltune.trainer import RunDirError, TrainingDivergedError
 
     return (RecipeError, DataError, ModelLoadError, ModifierError, PluginError, RewardError, PromptTooLongError,
             SFTError, RunDirError, TrainingDivergedError, DynamicSamplingError, TrainRankDiedError,
-            EngineUnavailableError)
+            EngineUnavailableError, CheckpointError)
 
 
 def _fail(e: BaseException) -> None:
     err.print(f"[bold red]error:[/] {type(e).__name__}: ", end="")
-    err.print(str(e), markup=False, highlight=False)
+    err.print(str(e), markup=False, highlight=False, soft_wrap=True)  # soft: paths stay whole for copy-paste
     raise typer.Exit(2)
 
 
@@ -65,14 +67,17 @@ def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. algo.kl_coef=0.01"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run directory first."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a run directory rltune created: the old "
+                                   "run is deleted once the recipe's model, data and rewards have loaded."),
+    allow_changes: bool = typer.Option(False, "--allow-changes", help="With --resume: accept recipe changes to "
+                                       "run.steps, intervals and logging (recorded in recipe_history.jsonl)."),
 ) -> None:
     """Run RL post-training from a recipe."""
     try:
         r = _load(recipe, overrides or [])
         from rltune.trainer import build_trainer
 
-        trainer = build_trainer(r, resume=resume, overwrite=overwrite)
+        trainer = build_trainer(r, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
         _print_plan(r, trainer)
         trainer.fit()
     except _user_errors() as e:
@@ -127,7 +132,7 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) ->
             bad += 1
             out.print(f"[red]fail[/] {path}\n{e}", highlight=False)
     if bad:
-        raise typer.Exit(2)
+        raise typer.Exit(2)  # a bad recipe is a user error, as in train/show
 
 
 @app.command()
@@ -166,6 +171,11 @@ def eval_cmd(
     """Greedy held-out accuracy of a saved model."""
     try:
         r = _load(recipe, overrides or [])
+        if not (checkpoint / "config.json").is_file():
+            from rltune.models.policy import ModelLoadError
+
+            raise ModelLoadError(f"--checkpoint {checkpoint}: not a model folder (no config.json); give a run's "
+                                 "final/ folder, an SFT output or a checkpoint's model/ folder")
         out.print(json.dumps(_eval_model(r, str(checkpoint))))
     except _user_errors() as e:
         _fail(e)

@@ -51,13 +51,13 @@ _COMMON = ("run", "model.kind", "data.source", "data.task_args", "data.split", "
 
 TEXT = SupportManifest(
     family="causal_lm", trainer="rltune.trainer:Trainer", hooks=frozenset(ALL_HOOKS),
-    capabilities=frozenset({"entropy", "old_logprobs", "ref_logprobs", "probe", "step_idx"}),
+    capabilities=frozenset({"entropy", "old_logprobs", "ref_logprobs", "rollout_logprobs", "probe", "step_idx"}),
     keys=("run", "model", "data", "rollout", "algo", "train", "critic", "rewards", "modifiers", "env", "logging",
           "sft", "cluster"))
 
 VAR = SupportManifest(
     family="var", trainer="rltune.visual.var_trainer:VarTrainer", hooks=frozenset(ALL_HOOKS),
-    capabilities=frozenset({"entropy", "old_logprobs", "ref_logprobs", "var_layout"}),
+    capabilities=frozenset({"entropy", "old_logprobs", "ref_logprobs", "rollout_logprobs", "var_layout"}),
     keys=_COMMON + ("model.var", "rollout.temperature", "rollout.top_p", "rollout.top_k", "algo.policy_loss",
                     "algo.ppo_epochs", "algo.mini_batches", "algo.clip_low", "algo.clip_high", "algo.dual_clip_c",
                     "algo.kl_coef", "algo.kl_estimator", "algo.loss_agg", "algo.loss_scale_constant",

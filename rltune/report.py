@@ -24,6 +24,11 @@ PANELS: list[tuple[str, list[str]]] = [
     ("Response length (tokens)", ["rollout/response_len"]),
     ("Flat-group fraction", ["reward/flat_group_frac"]),
     ("Loss", ["loss/total"]),
+    # Async rollouts (rollout.max_staleness) and off-policy correction (tis / icepop)
+    ("Staleness (versions behind)", ["rollout/staleness_mean", "rollout/staleness_max"]),
+    ("Waiting (s/step)", ["time/wait_rollout", "time/wait_train"]),
+    ("Rollout overlap fraction", ["rollout/overlap_frac"]),
+    ("Rollout-vs-trainer KL (k3)", ["mod/tis/kl_k3", "mod/icepop/kl_k3"]),
 ]
 PHASES = ["time/rollout", "time/reward", "time/old_logprobs", "time/advantage", "time/update", "time/sync"]
 

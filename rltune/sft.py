@@ -23,6 +23,12 @@ def run_sft(recipe: Recipe, base_dir: str | Path = ".") -> dict:
     if recipe.sft is None:
         raise SFTError("the recipe has no `sft:` section (sft.output_dir, sft.steps, ...); add one to use `rltune sft`")
     s, d = recipe.sft, recipe.data
+    out_dir = Path(s.output_dir)
+    try:  # checked before training, which would otherwise fail only when it saves
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        what = "is a file, not a folder" if out_dir.is_file() else f"cannot be created: {e.strerror}"
+        raise SFTError(f"sft.output_dir {out_dir} {what}; set sft.output_dir to a writable folder path") from None
     os.environ.setdefault("WANDB_MODE", "disabled")
     model, tok = load_policy(recipe.model, seed=recipe.run.seed)
     if d.source.startswith("builtin:"):

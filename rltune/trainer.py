@@ -38,6 +38,7 @@ from rltune.modifiers.base import (
 from rltune.modifiers.pipeline import ModifierPipeline
 from rltune.ops import masked_mean
 from rltune.reward import RewardManager
+from rltune.rollout.ahead import RolloutQueue
 from rltune.rollout.base import SamplingParams
 from rltune.rollout.dynamic import sample_groups
 from rltune.rollout.pool import load_synced_weights
@@ -48,9 +49,11 @@ from rltune.train.loop import RunDirError, RunLoop, TrainingDivergedError, rng_s
 from rltune.train.engines import build_engines
 from rltune.train.shared import (
     best_worst_samples,
+    check_positions,
     greedy_eval,
     minibatches,
     reward_input,
+    step_metrics,
     step_seed,
     text_eval_rows,
 )
@@ -78,14 +81,13 @@ class Trainer(RunLoop):
 
     manifest = TEXT
 
-    def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
-        check_support(recipe, base_dir=base_dir)
-        resume_from = self._open_run(recipe, base_dir, resume, overwrite)
-        r = recipe
+    def _build(self, resume_from: Path | None) -> None:
+        r = self.recipe
+        check_support(r, base_dir=self.base_dir)   # every key set is honoured, every modifier runs (families.py)
 
         # Policy: a checkpoint when resuming, else the SFT warm start, else model.path / model.tiny.
         start = None
-        if r.sft is not None:
+        if r.starts_from_sft:
             start = r.sft.output_dir
             if not (Path(start) / "config.json").is_file():
                 raise RunDirError(f"no SFT model at {start}: run `rltune sft <recipe>` first (recipe has an sft: section)")
@@ -106,7 +108,7 @@ class Trainer(RunLoop):
         # With training ranks the reference model lives on the ranks (sharded like the policy under ZeRO-3).
         self.ref_model = None
         if r.algo.kl_coef > 0 and r.model.lora is None and not r.cluster.train_ranks:
-            self.ref_model, _ = load_policy(r.model, path=r.sft.output_dir if r.sft else None, seed=r.run.seed,
+            self.ref_model, _ = load_policy(r.model, path=r.sft.output_dir if r.starts_from_sft else None, seed=r.run.seed,
                                             trainable=False)
             self.ref_model.to(self.device)
 
@@ -114,12 +116,18 @@ class Trainer(RunLoop):
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, self.tok, r.run.seed)
         self.eval_rows = text_eval_rows(r.data, self.tok, self.base_dir)
+        check_positions(r, self.model, self.tok, self.loader.ds[r.data.prompt_column],
+                        self.eval_rows["prompts"] if self.eval_rows is not None else [])
+        self._claim_run_dir()  # recipe, model, data, rewards and modifiers all loaded: --overwrite may now delete
         c = r.cluster
         # Training engine (this process, or DeepSpeed ranks) and rollout engine (in-process, vLLM, Ray workers):
         # the trainer uses only their protocols (rltune/train/engines.py).
         engines = build_engines(r, self.model, self.tok, self.ref_model, actor_start, resume_from, self.base_dir,
                                 self.run_dir)
         self.engine, self.rollout = engines.train, engines.rollout
+        # With Ray rollout workers, rollouts of steps t..t+k are in flight while step t trains (k =
+        # rollout.max_staleness; 0 = synchronous).
+        self.ahead = RolloutQueue(self.rollout, r.rollout.max_staleness) if c.rollout_workers else None
         # PPO's value model (algo.advantage=gae) starts from the policy's starting model unless critic.path/tiny.
         # On training ranks it is a DeepSpeed engine there too (TrainGroup.critic, same interface).
         self.critic = None
@@ -127,8 +135,14 @@ class Trainer(RunLoop):
             self.critic = (self.engine.critic if c.train_ranks else
                            Critic(r.critic, r.model, start, r.run.seed, r.train.micro_batch_size))
         self.kl_ctl = algo.KLController(r.algo.kl_coef, r.algo.kl_target, r.algo.kl_horizon)
+        if r.rollout.max_staleness and "probe" in self.mods.requires:
+            raise ValueError("rollout.max_staleness > 0 cannot run modifiers that probe the current policy before "
+                             f"the rollout ({sorted(self.mods.requires)}); use rollout.max_staleness: 0")
         if resume_from is not None:
-            self._load_state(ckpt.load_state(resume_from))
+            sd = ckpt.load_state(resume_from)
+            self._load_state(sd)
+            if self.ahead is not None:  # the rollouts that were in flight at the checkpoint, as they were sampled
+                self.ahead.load(resume_from / "inflight", sd.get("inflight", []))
         if c.rollout_workers:  # workers start from the same weights as the policy, at its version
             self.rollout.sync(self.model, self.rollout.weight_version)
         if c.rollout_workers or c.train_ranks:  # where each actor landed, for the user (and the multi-node test)
@@ -181,9 +195,10 @@ class Trainer(RunLoop):
             ref = self.engine.weights_ref()   # None: this process's model is the one trained
             if ref is not None:
                 load_synced_weights(self.model, ref)
-            self.rollout.sync(self.model, self.rollout.weight_version + 1, weights_ref=ref)
+            (self.ahead or self.rollout).sync(self.model, self.rollout.weight_version + 1, weights_ref=ref)
 
-        metrics = self._step_metrics(batch, result, raw, rewards, s.advantages, stats, timers)
+        metrics = step_metrics(batch, result, raw, rewards, s.advantages, r.rollout.samples_per_prompt)
+        metrics |= stats | timers
         metrics["time/step"] = time.perf_counter() - t_step
         metrics |= self.mods.on_step_end(metrics, state)
         # Training ranks report their own modifier instances' metrics (extra_loss/on_gradients run there).
@@ -208,8 +223,22 @@ class Trainer(RunLoop):
             with self._phase(timers, "time/reward"):
                 return self.rewards(reward_input(b, self.step))
 
-        return sample_groups(generate, score, self.loader.next, r.rollout.prompts_per_step, enabled=ds.enabled,
-                             max_rounds=ds.max_rounds, pad_id=self.tok.pad_token_id)
+        def draw(s):  # prompts and sampling of step s (s > self.step: a rollout that runs ahead)
+            st = dataclasses.replace(state, step=s)
+            prompts = self.mods.on_prompts(self.loader.next(r.rollout.prompts_per_step),
+                                           dataclasses.replace(prompt_ctx, state=st))
+            return prompts, self._sampling(seed=step_seed(r.run.seed, s))
+
+        if self.ahead is None:
+            return sample_groups(generate, score, self.loader.next, r.rollout.prompts_per_step, enabled=ds.enabled,
+                                 max_rounds=ds.max_rounds, pad_id=self.tok.pad_token_id)
+        # Ray rollout workers: this step's rows were submitted up to rollout.max_staleness steps ago
+        with self._phase(timers, "time/rollout"):
+            batch, dyn = self.ahead.take(self.step, draw)
+        result = score(batch)
+        lag = (self.rollout.weight_version - batch.versions).float()
+        return batch, result, dyn | {"rollout/staleness_mean": float(lag.mean()),
+                                     "rollout/staleness_max": float(lag.max())}
 
     def _advantage(self, batch: RolloutBatch, raw, rewards, state: StepState, timers) -> _StepTensors:
         a, mask, need = self.recipe.algo, batch.response_mask, self.mods.requires
@@ -243,7 +272,8 @@ class Trainer(RunLoop):
             # token count (and with it token-mean) does not depend on how the batch is split.
             base = s.old_logprobs if s.old_logprobs is not None else batch.rollout_logprobs
             tw = self.mods.token_weights(LossContext(torch.arange(len(batch)), base, base, s.advantages, mask, state,
-                                                     s.entropy, dict(batch.extras), total_rows=len(batch)))
+                                                     s.entropy, dict(batch.extras), total_rows=len(batch),
+                                                     rollout_logprobs=batch.rollout_logprobs))
             s.weight, s.loss_mask = tw.weight, mask & tw.mask if tw.mask is not None else mask
             if a.mask_truncated:  # DAPO overlong filtering: completions cut at max_new_tokens get no loss
                 s.loss_mask = s.loss_mask & ~batch.truncated[:, None]
@@ -294,26 +324,6 @@ class Trainer(RunLoop):
         return greedy_eval(self.rollout, self.rewards, self.eval_rows, self._sampling(greedy=True), self.recipe.rewards,
                            self.step)
 
-    def _step_metrics(self, batch, result, raw, rewards, advantages, stats, timers) -> dict[str, Any]:
-        lens = batch.response_len.float()
-        G = self.recipe.rollout.samples_per_prompt
-        flat = algo.flat_group_frac(raw, batch.group_id) if G > 1 else 1.0
-        out = {
-            "reward/mean": float(torch.nanmean(raw)),
-            "reward/shaped_mean": float(torch.nanmean(rewards)),
-            "reward/unscorable_frac": float(torch.isnan(raw).float().mean()),
-            "reward/flat_group_frac": flat,
-            "algo/adv_abs_mean": float(masked_mean(advantages.abs(), batch.response_mask)),
-            "rollout/response_len": float(lens.mean()),
-            "rollout/truncated_frac": float(batch.truncated.float().mean()),
-            "rollout/weight_version": batch.weight_version,
-            "perf/tokens": int(batch.response_len.sum()),
-            **result.metrics,
-            **stats,
-            **timers,
-        }
-        return out
-
     # --------------------------------------------------------------------------------- state and files
     def _sampling(self, greedy: bool = False, seed: int | None = None) -> SamplingParams:
         ro = self.recipe.rollout
@@ -331,6 +341,7 @@ class Trainer(RunLoop):
             "kl_ctl": self.kl_ctl.state_dict(),
             "critic": self.critic.state_dict() if self.critic is not None else None,
             "rng": {**rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "inflight": self.ahead.drain() if self.ahead is not None else [],  # written by _save_model
         }
 
     def _load_state(self, sd: dict[str, Any]) -> None:
@@ -350,6 +361,8 @@ class Trainer(RunLoop):
 
     def _save_model(self, path: Path) -> None:
         self.model.save_pretrained(path)
+        if self.ahead is not None:
+            self.ahead.write(path.parent / "inflight")
         self.engine.save(path.parent / "deepspeed")  # training ranks write their shards next to it (shared fs)
 
     def export(self, out: Path) -> None:
@@ -367,17 +380,19 @@ class Trainer(RunLoop):
         os.replace(tmp, out)
 
 
-def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
+def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False,
+                  allow_changes: bool = False):
     """The trainer of the recipe's policy family (model.kind): text LMs here, visual policies in rltune/visual/.
     Every trainer has fit(), step, run_dir, model, best and stopped_by."""
     import importlib
 
     module, name = FAMILIES[recipe.model.kind].trainer.split(":")
     cls = getattr(importlib.import_module(module), name)
-    return cls(recipe, base_dir, resume=resume, overwrite=overwrite)
+    return cls(recipe, base_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
 
 
-def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False) -> dict:
+def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False,
+          allow_changes: bool = False) -> dict:
     """Python API: run a recipe to the end; returns the last step's metrics."""
-    return build_trainer(recipe, base_dir, resume=resume, overwrite=overwrite).fit()
+    return build_trainer(recipe, base_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes).fit()
 

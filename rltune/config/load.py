@@ -25,11 +25,16 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path} (check the path; `rltune init` writes a starter recipe)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise RecipeError(f"{path}: not UTF-8 text (byte {e.start}, line {line}); save the recipe as UTF-8") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read the recipe: {e.strerror}") from None
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise RecipeError(f"{path}: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections (run, model, data, ...), got {type(raw).__name__}")
     for ov in overrides:
@@ -50,25 +55,70 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         raise RecipeError(f"override {override!r} must look like section.key=value, e.g. algo.kl_coef=0.01")
     key, value = override.split("=", 1)
     parts = key.strip().split(".")
+    if not all(parts):
+        raise RecipeError(f"override {override!r}: the key must be dotted names, e.g. algo.kl_coef=0.01")
     node: Any = raw
-    for i, part in enumerate(parts[:-1]):
+    for i, part in enumerate(parts):
+        if not isinstance(node, (dict, list)):
+            where = ".".join(parts[:i])
+            raise RecipeError(f"override {override!r}: {where} is a value ({node!r}), not a section, so it has no "
+                              f"key {part!r}; `rltune show <recipe>` prints the recipe's structure")
+        if i == len(parts) - 1:
+            break
         if isinstance(node, list):
-            node = node[_index(part, key)]
+            node = node[_index(part, key, len(node))]
             continue
         if node.get(part) is None:
             node[part] = {}
         node = node[part]
     leaf = parts[-1]
-    parsed = yaml.safe_load(value) if value.strip() else None
+    try:
+        parsed = yaml.load(value, Loader=UniqueKeyLoader) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"override {override!r}: {_yaml_problem(e)}. The value is read as YAML: quote a "
+                          f"string value, e.g. {key}='\"...\"'") from None
     if isinstance(node, list):
-        node[_index(leaf, key)] = parsed
+        node[_index(leaf, key, len(node))] = parsed
     else:
         node[leaf] = parsed
 
 
-def _index(part: str, key: str) -> int:
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently, so a
+    second `train:` block would replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable keys fail in the base class with PyYAML's own message
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} at lines {seen[key]} and {line}: merge the two into one "
+                    "(YAML would keep only the last)", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e)
+    if problem.startswith("duplicate key"):
+        return problem
+    if "python/" in problem or "could not determine a constructor" in problem:
+        problem += " (YAML tags that build Python objects are not allowed in recipes)"
+    return f"malformed YAML{where}: {problem}"
+
+
+def _index(part: str, key: str, n: int) -> int:
     if not part.isdigit():
         raise RecipeError(f"override {key!r}: {part!r} indexes a list and must be a number")
+    if int(part) >= n:
+        valid = f"valid: 0..{n - 1}" if n else "the list is empty"
+        raise RecipeError(f"override {key!r}: index {part} is past the end of a list of {n} ({valid})")
     return int(part)
 
 

@@ -6,14 +6,17 @@ keys (see `load.py`). Derived values are properties, never stored fields.
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: `lr: .inf` or `nan` is a typo, not a setting; refuse it at load (every float field).
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -139,6 +142,10 @@ class ModelConfig(Section):
     gradient_checkpointing: bool = False
     diffusion: DiffusionModelConfig | None = Field(None, description="Diffusion policy settings (kind: diffusion).")
     var: VarModelConfig | None = Field(None, description="VAR policy settings (kind: var).")
+    start: Literal["auto", "sft", "model"] = Field(
+        "auto", description="What `rltune train` starts from when the recipe has an `sft:` section: sft = the SFT "
+        "result in sft.output_dir (model.path/tiny is then SFT's base model), model = model.path/tiny (the sft: "
+        "section only serves `rltune sft`). auto = sft, except that model.path together with sft: must say which.")
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":
@@ -201,6 +208,10 @@ class RolloutConfig(Section):
     temperature: PositiveFloat = 1.0
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 = off.")
+    max_staleness: int = Field(
+        0, ge=0, description="Async rollouts (Ray rollout workers): the workers sample up to this many steps ahead "
+        "of the trainer, and no row trained at step t was sampled by weights older than t − max_staleness. 0 = the "
+        "synchronous loop. Correct the off-policy gap with the `tis` or `icepop` modifiers (docs/scaling.md).")
 
     @property
     def batch_size(self) -> int:
@@ -215,6 +226,7 @@ LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "se
 Advantage = Literal["group_norm", "group_mean", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gae"]
 KLEstimator = Literal["k1", "k2", "k3", "abs", "k1+", "k2+", "k3+", "abs+"]
 CRITIC_FREE = ("group_norm", "group_mean", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+GROUP_RELATIVE = ("group_norm", "group_mean", "rloo", "reinforce_pp_baseline")  # need >= 2 samples per prompt
 
 
 class DynamicSamplingConfig(Section):
@@ -383,7 +395,10 @@ class RewardSpec(Section):
     style: Literal["auto", "native", "trl", "verl"] = Field(
         "auto", description="Calling convention; `auto` detects it from the signature."
     )
-    timeout_s: PositiveFloat | None = Field(None, description="Per-call timeout (None = none).")
+    timeout_s: PositiveFloat | None = Field(
+        60.0, description="Per-call timeout in seconds (a hanging reward stops the run naming it, or scores n/a with "
+        "on_error: none); the call runs in a thread, which is abandoned, not killed. None = no limit, the call runs "
+        "in the trainer's own thread.")
     on_error: Literal["raise", "none"] = Field(
         "raise", description="A failing call stops the run (`raise`) or scores the batch as n/a (`none`)."
     )
@@ -523,15 +538,51 @@ class Recipe(Section):
         if self.rollout.engine == "vllm" and (self.model.lora is not None or self.env is not None):
             raise ValueError("rollout.engine=vllm does not take " + ("LoRA policies (model.lora)" if self.model.lora
                              else "multi-turn environments (env:)") + " yet; use rollout.engine=hf")
+        if self.rollout.max_staleness:
+            # In one process the rollout engine shares the model the update changes: it cannot run ahead.
+            why = ("needs Ray rollout workers (cluster.rollout_workers ≥ 1): the in-process engine samples with the "
+                   "model the update is changing" if not self.cluster.rollout_workers else
+                   "does not combine with algo.dynamic_sampling (its extra rounds depend on this step's rewards)"
+                   if a.dynamic_sampling.enabled else
+                   f"is for text policies; model.kind={self.model.kind} has its own trainer"
+                   if self.model.kind != "causal_lm" else None)
+            if why:
+                raise ValueError(f"rollout.max_staleness={self.rollout.max_staleness} {why}; set "
+                                 "rollout.max_staleness: 0 or change the setting named")
         names = [m.key for m in self.modifiers]
         dup = {k for k in names if names.count(k) > 1}
         if dup:
             raise ValueError(f"modifier names must be unique; repeated: {sorted(dup)} (set `name:` on each)")
+        self._check_group_and_positions()
+        if self.sft is not None and self.model.path is not None and self.model.start == "auto":
+            raise ValueError(f"model.path ({self.model.path}) and an sft: section are both set, and `rltune train` "
+                             "can start from only one: set model.start: sft (train from sft.output_dir; model.path is "
+                             "the SFT base) or model.start: model (train from model.path, skipping the SFT result)")
+        if self.model.start == "sft" and self.sft is None:
+            raise ValueError("model.start: sft needs an sft: section (sft.output_dir); remove model.start or add one")
         rnames = [r.metric_name for r in self.rewards]
         rdup = {k for k in rnames if rnames.count(k) > 1}
         if rdup:
             raise ValueError(f"reward names must be unique; repeated: {sorted(rdup)} (set `name:` on each)")
         return self
+
+    def _check_group_and_positions(self) -> None:
+        g, a = self.rollout.samples_per_prompt, self.algo
+        # Diffusion policies read the advantage only in policy-gradient modifiers (reward backprop needs no group).
+        if g < 2 and a.advantage in GROUP_RELATIVE and self.model.kind != "diffusion":
+            raise ValueError(f"algo.advantage={a.advantage} compares each completion with the others of its prompt: "
+                             "with rollout.samples_per_prompt=1 every advantage is 0 and nothing is learned; set "
+                             "samples_per_prompt >= 2 (GRPO uses 8-16) or use advantage reinforce_pp")
+        limit = _max_positions(self.model)
+        if limit is not None and self.env is None and self.rollout.max_new_tokens >= limit:
+            raise ValueError(f"rollout.max_new_tokens={self.rollout.max_new_tokens} leaves no room for the prompt: "
+                             f"the model holds {limit} positions in all (max_position_embeddings); lower "
+                             "max_new_tokens")
+
+    @property
+    def starts_from_sft(self) -> bool:
+        """`rltune train` starts from sft.output_dir (see model.start)."""
+        return self.sft is not None and self.model.start != "model"
 
     @property
     def micro_batches(self) -> int:
@@ -541,6 +592,24 @@ class Recipe(Section):
     @property
     def loss_scale_constant(self) -> int:
         return self.algo.loss_scale_constant or self.rollout.max_new_tokens
+
+
+def _max_positions(m: ModelConfig) -> int | None:
+    """The position limit the model's config states (tiny config, or model.path/config.json); None if unknown."""
+    if m.kind != "causal_lm":
+        return None
+    if m.tiny is not None:
+        return m.tiny.max_position_embeddings
+    cfg = Path(m.path) / "config.json" if m.path else None
+    if cfg is None or not cfg.is_file():
+        return None  # a hub id or a missing folder: the loader reports it
+    try:
+        c = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return None
+    c = c.get("text_config", c) if isinstance(c, dict) else {}
+    n = next((c[k] for k in ("max_position_embeddings", "n_positions", "max_sequence_length") if k in c), None)
+    return n if isinstance(n, int) and n > 0 else None
 
 
 def _divisor_near(n: int, k: int) -> int:

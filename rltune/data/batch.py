@@ -36,11 +36,19 @@ class RolloutBatch:
     prompts: list[str]                      # [N]
     completions: list[str]                  # [N] decoded response text, EOS and padding stripped
     meta: dict[str, list[Any]]              # [N] per column, repeated G times
-    weight_version: int = 0                 # policy version that sampled this batch
+    weight_version: int = 0                 # policy version that sampled this batch (the oldest row's)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)   # e.g. hint_mask [N,T]
+    row_version: torch.Tensor | None = None  # [N] long: version per row where rows differ (Ray workers)
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
+
+    @property
+    def versions(self) -> torch.Tensor:
+        """[N] long: the policy version that sampled each row."""
+        if self.row_version is not None:
+            return self.row_version
+        return torch.full((len(self),), self.weight_version, dtype=torch.long)
 
     @property
     def input_ids(self) -> torch.Tensor:

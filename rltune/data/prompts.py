@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ def load_rows(cfg: DataConfig, split: str, source: str | None = None, base_dir: 
                 raise DataError(f"data file not found: {path} (paths are relative to the working directory)")
             if path.stat().st_size == 0:
                 raise DataError(f"dataset {path} is empty (0 bytes); give a file with one row per prompt")
+            if path.suffix == ".jsonl":
+                _check_jsonl(path)
             try:
                 ds = datasets.load_dataset(FILE_TYPES[path.suffix], data_files=str(path), split="train")
             except Exception as e:  # noqa: BLE001 - datasets raises many types for unreadable files
@@ -64,6 +67,23 @@ def load_rows(cfg: DataConfig, split: str, source: str | None = None, base_dir: 
             "data.prompt_column / data.answer_column (answer_column: null if there is none)"
         )
     return ds
+
+
+def _check_jsonl(path: Path) -> None:
+    """One JSON object per line (datasets' own error for a line that is a list or a string names neither the
+    file's line nor the fix)."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:  # also invalid UTF-8
+                raise DataError(f"{path}, line {n}: not valid JSON ({e}); each line must be one JSON object such "
+                                'as {"prompt": "...", "answer": "..."}') from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}, line {n}: a JSON {type(obj).__name__}, not an object; each line must be "
+                                'one JSON object such as {"prompt": "...", "answer": "..."}')
 
 
 def format_prompt(text: str, cfg: DataConfig, tokenizer: Any) -> str:

@@ -426,7 +426,7 @@ def load_diffusion_policy(model_cfg: Any, seed: int = 0, device: str | torch.dev
                                  .encode()).hexdigest()[:16]
             path = _cache_dir() / f"{key}.pt"
             if path.is_file():
-                net.load_state_dict(torch.load(path, map_location="cpu"))
+                net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             else:
                 pretrain_tiny(net, d.scheduler, d.tiny, seed, text)
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -268,8 +268,8 @@ def load_official_var(path: str | Path, depth: int = 16, patch_nums: Sequence[in
 
     vae, var = build_vae_var(V=4096, Cvae=32, ch=160, share_quant_resi=4, device=device, patch_nums=tuple(patch_nums),
                              num_classes=num_classes, depth=depth, shared_aln=False)
-    vae.load_state_dict(torch.load(vae_ckpt, map_location="cpu"), strict=True)
-    var.load_state_dict(torch.load(var_ckpt, map_location="cpu"), strict=True)
+    vae.load_state_dict(torch.load(vae_ckpt, map_location="cpu", weights_only=True), strict=True)
+    var.load_state_dict(torch.load(var_ckpt, map_location="cpu", weights_only=True), strict=True)
     return OfficialVAR(vae, var)
 
 

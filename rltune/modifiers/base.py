@@ -25,7 +25,8 @@ HOOKS = (
 )
 # Capabilities the trainer can provide on request (`requires`): computed only when a modifier asks.
 # Which family provides which is in its support manifest (rltune/families.py); this is their union.
-CAPABILITIES = frozenset({"entropy", "old_logprobs", "ref_logprobs", "probe", "step_idx", "images", "var_layout"})
+CAPABILITIES = frozenset({"entropy", "old_logprobs", "ref_logprobs", "rollout_logprobs", "probe", "step_idx",
+                          "images", "var_layout"})
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class LossContext:
     entropy: torch.Tensor | None = None        # [n,T] old policy entropy (detached)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # row-sliced batch extras
     total_rows: int = 0            # N of the whole step: extra_loss terms are summed over micro-batches
+    rollout_logprobs: torch.Tensor | None = None  # [n,T] the rollout engine's sampling log-probs (behaviour policy)
 
 
 @dataclass(frozen=True)

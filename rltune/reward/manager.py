@@ -11,6 +11,11 @@ Semantics (the trainer relies on them):
     killed: the abandoned call may keep running (and holding what it holds) in the background.
   * `on_error="none"` logs a warning and scores the failing samples (or the batch) as n/a; it covers the
     reward's own failures, not wiring errors (an unknown column, an unusable signature), which always raise.
+  * Values are checked for finiteness after the cast to float32 (1e300 would become inf there), and so is
+    the weighted sum.
+  * A reward that calls sys.exit or os._exit gets an error naming it instead of ending the trainer's process
+    (os._exit is intercepted in the reward's own thread only; see `_exit_guard`). A reward that kills its
+    process by a signal or a crash still ends it: run untrusted code through rewards/code_exec.py's sandbox.
   * Rewards run one after another; an async reward runs in its own event loop (verl-style samples
     concurrently).
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,6 +45,7 @@ __all__ = ["RewardManager", "RewardResult", "RewardError"]
 _log = logging.getLogger(__name__)
 _LOCATE_IF_UNDER_S = 1.0    # a failed batch call faster than this is retried per sample to name the row
 _LOCATE_DEADLINE_S = 10.0   # ... for at most this long
+_F32_MAX = torch.finfo(torch.float32).max
 _WARN_FIRST = 5             # on_error="none": warnings per reward before dropping to DEBUG
 
 
@@ -106,6 +113,9 @@ class RewardManager:
         weighted = torch.where(valid, scores * self.weights, torch.zeros(())).sum(dim=1)
         scorable = (valid & self._active).any(dim=1)
         rewards = torch.where(scorable, weighted, torch.full_like(weighted, math.nan))
+        if not bool(torch.isfinite(rewards[scorable]).all()):
+            raise RewardError(f"the weighted sum of rewards {list(self.names)} (weights {self.weights.tolist()}) "
+                              "overflows float32 to inf; scale the rewards or their weights down")
         return RewardResult(scores, rewards, metrics, self.names, carried)
 
     # ------------------------------------------------------------------------------------ one reward
@@ -117,6 +127,10 @@ class RewardManager:
             out = _call(fn, inp, spec.timeout_s)
         except RewardError as e:
             raise _named(e, name) from e
+        except _Exited as e:
+            self._fail(spec, f"reward '{name}' called {e.how}({e.code}) on a batch of {n} completions; a reward must "
+                       "return its values (None = not applicable), not end the process")
+            return [math.nan] * n, {}, {}, n
         except _Timeout:
             self._fail(spec, f"reward '{name}' did not return within timeout_s={spec.timeout_s} s on a batch of "
                        f"{n} completions; the call was abandoned (a thread cannot be killed: it may still run "
@@ -153,6 +167,9 @@ class RewardManager:
                 v, ex, _, bad = _check(name, _call(fn, sample, spec.timeout_s), sample, base=i)
             except RewardError as e:
                 raise _named(e, name) from e
+            except _Exited as e:
+                raise RewardError(f"reward '{name}' called {e.how}({e.code}) on sample {i} {_where(inp, i)}; a reward "
+                                  "must return its values, not end the process") from None
             except _Timeout:
                 self._fail(spec, f"reward '{name}' did not return within timeout_s={spec.timeout_s} s on sample "
                            f"{i} {_where(inp, i)}; the call was abandoned")
@@ -190,14 +207,51 @@ class RewardManager:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+class _Exited(BaseException):
+    """A reward called sys.exit / os._exit (BaseException: the reward's own `except Exception` cannot eat it)."""
+
+    def __init__(self, how: str, code: Any):
+        super().__init__(how, code)
+        self.how, self.code = how, code
+
+
+_REWARD_THREADS: set[int] = set()  # idents of threads running a reward call right now
+_REAL_EXIT = os._exit
+_MAIN_PID = os.getpid()
+
+
+def _exit_guard(code: int = 0) -> None:
+    """os._exit while rltune's guard is installed: an error in a reward's thread, the real exit anywhere else
+    (other threads, forked children: multiprocessing ends its children with os._exit)."""
+    if os.getpid() == _MAIN_PID and threading.get_ident() in _REWARD_THREADS:
+        raise _Exited("os._exit", code)
+    _REAL_EXIT(code)
+
+
+def _guarded(fn: Callable, inp: RewardInput) -> Any:
+    global _MAIN_PID
+    if os._exit is not _exit_guard:  # installed once and left in place: an abandoned call may exit later
+        _MAIN_PID, os._exit = os.getpid(), _exit_guard
+    me = threading.get_ident()
+    _REWARD_THREADS.add(me)
+    try:
+        return fn(inp)
+    except SystemExit as e:
+        raise _Exited("sys.exit", e.code) from None
+    finally:
+        _REWARD_THREADS.discard(me)
+
+
 def _call(fn: Callable, inp: RewardInput, timeout_s: float | None) -> Any:
     if timeout_s is None:
-        return fn(inp)
+        return _guarded(fn, inp)
     box: dict[str, Any] = {}
+    grad = torch.is_grad_enabled()  # grad mode is per thread: carry the caller's (no_grad) into the call
 
     def target() -> None:
         try:
-            box["out"] = fn(inp)
+            with torch.set_grad_enabled(grad):
+                box["out"] = _guarded(fn, inp)
         except BaseException as e:  # re-raised in the caller's thread
             box["err"] = e
 
@@ -236,6 +290,10 @@ def _check(name: str, out: Any, inp: RewardInput, base: int = 0):
             if not math.isfinite(values[-1]):
                 bad[i] = (f"reward '{name}' returned {values[-1]} at sample {i} {_where(inp, j)}; "
                           "return None to mark a sample as not applicable")
+                values[-1] = math.nan
+            elif abs(values[-1]) > _F32_MAX:  # finite in float64, inf once stored in the float32 scores
+                bad[i] = (f"reward '{name}' returned {values[-1]:g} at sample {i} {_where(inp, j)}, which is inf in "
+                          "float32 (rewards are float32: |r| < 3.4e38); scale the reward down")
                 values[-1] = math.nan
         else:
             values.append(math.nan)

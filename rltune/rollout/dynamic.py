@@ -88,6 +88,7 @@ def select_groups(batch: RolloutBatch, group_ids: list[int]) -> RolloutBatch:
         prompts=[batch.prompts[i] for i in pick], completions=[batch.completions[i] for i in pick],
         meta={k: [v[i] for i in pick] for k, v in batch.meta.items()}, weight_version=batch.weight_version,
         extras={k: v[idx] for k, v in batch.extras.items()},
+        row_version=None if batch.row_version is None else batch.row_version[idx],
     )
 
 
@@ -130,6 +131,8 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         meta={k: [v for b in batches for v in b.meta[k]] for k in b0.meta},
         weight_version=b0.weight_version,
         extras={k: extra(k) for k in b0.extras},
+        row_version=(torch.cat([b.versions for b in batches]) if any(b.row_version is not None for b in batches)
+                     else None),
     )
 
 

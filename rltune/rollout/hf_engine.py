@@ -33,7 +33,7 @@ def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, mask
 
 
-def _encode(tok, texts: list[str]) -> list[list[int]]:
+def encode_texts(tok, texts: list[str]) -> list[list[int]]:
     # Special tokens off: prompts are already templated text (a chat template adds its own).
     return tok(texts, add_special_tokens=False)["input_ids"] if texts else []
 
@@ -41,7 +41,7 @@ def _encode(tok, texts: list[str]) -> list[list[int]]:
 def encode_prompts(tok, prompts: PromptBatch, n: int, max_prompt_tokens: int):
     """Token ids of the distinct prompts [B][*], of every row's prompt [B·n][*] and of every row's forced prefix
     (hints; [] = none). Every rollout engine starts here."""
-    unique = _encode(tok, list(prompts.prompts))
+    unique = encode_texts(tok, list(prompts.prompts))
     for i, ids in enumerate(unique):
         if len(ids) > max_prompt_tokens:
             raise PromptTooLongError(
@@ -52,7 +52,7 @@ def encode_prompts(tok, prompts: PromptBatch, n: int, max_prompt_tokens: int):
     hint_texts = [h for hs in prompts.hints for h in hs] if prompts.hints is not None else [""] * len(prompt_rows)
     if len(hint_texts) != len(prompt_rows):
         raise ValueError(f"PromptBatch.hints must hold {n} entries per prompt, got {len(hint_texts)} in all")
-    forced = [_encode(tok, [h])[0] if h else [] for h in hint_texts]
+    forced = [encode_texts(tok, [h])[0] if h else [] for h in hint_texts]
     return unique, prompt_rows, forced
 
 

@@ -62,6 +62,14 @@ class RolloutWorker:
     def generate(self, prompts: PromptBatch, params: SamplingParams) -> RolloutBatch:
         return self.engine.generate(prompts, params)
 
+    def generate_timed(self, prompts: PromptBatch, params: SamplingParams) -> tuple[RolloutBatch, float, float]:
+        """`generate` plus its wall-clock start and end (time.time()), for the overlap metrics of async runs."""
+        import time
+
+        t0 = time.time()
+        batch = self.engine.generate(prompts, params)
+        return batch, t0, time.time()
+
     def load_weights(self, state: dict[str, torch.Tensor], version: int) -> tuple[int, float]:
         """Load full weights (or the LoRA adapter's); returns (version, checksum of what the model now holds)."""
         if self.vllm:  # vLLM fuses layers under its own names: it checks that every parameter was written instead
@@ -127,50 +135,79 @@ class RolloutPool:
         self.pad_id = pad_id
         self.weight_version = 0
         self._weights_ref = None  # the last pushed weights, re-sent to a restarted worker
+        self._sync_pending = None  # (version, checksum, refs) of a sync not yet checked (wait=False)
         self.restarts = 0
         self.restart_timeout_s = restart_timeout_s
         ray.get([w.weight_version.remote() for w in self.workers])  # fail early if a worker cannot start
 
     def generate(self, prompts: PromptBatch, params: SamplingParams) -> RolloutBatch:
-        import ray
+        return self.collect(self.submit(prompts, params))
 
+    def submit(self, prompts: PromptBatch, params: SamplingParams) -> "Pending":
+        """Start sampling `prompts` on the workers with the weights they hold now (version `weight_version`) and
+        return at once. Ray runs one caller's calls to an actor in order, so a `sync` issued later reaches a worker
+        only after this call: the batch is sampled with the version stamped here (async rollouts rely on it)."""
         shards = _shard(prompts, len(self.workers))
         seed = params.seed
         calls = {}
         for k, (w, shard) in enumerate(zip(self.workers, shards)):
             if len(shard):
                 p = dataclasses.replace(params, seed=None if seed is None else seed + k)
-                calls[k] = (w, shard, p, w.generate.remote(shard, p))
+                calls[k] = (w, shard, p, w.generate_timed.remote(shard, p))
+        return Pending(calls, self.weight_version)
+
+    def collect(self, pending: "Pending") -> RolloutBatch:
+        """Wait for a submitted batch. Each row is stamped with the version of the weights that sampled it
+        (`row_version`; a retried shard runs on the current weights, so it can be newer than the submission's)."""
+        import ray
+
+        self.finish_sync()
         out = {}
-        for k, (w, shard, p, ref) in calls.items():
+        for k, (w, shard, p, ref) in pending.calls.items():
             try:
-                out[k] = ray.get(ref)
+                out[k], t0, t1 = ray.get(ref)
+                pending.spans[k] = (t0, t1)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
                 # Died mid-call: Ray restarts it (max_restarts); wait for it, re-sync weights, retry the shard.
                 log.warning("rollout worker %d died (%s); restarting it and retrying its shard", k, type(e).__name__)
                 self.restarts += 1
                 out[k] = self._retry(w, shard, p)
-            if out[k].weight_version != self.weight_version:
+            if out[k].weight_version not in range(pending.version, self.weight_version + 1):
                 # A worker restarted between calls comes back with its start weights: re-sync, sample again.
                 log.warning("rollout worker %d had weights v%d, expected v%d; re-syncing", k, out[k].weight_version,
-                            self.weight_version)
+                            pending.version)
                 self.restarts += 1
                 out[k] = self._retry(w, shard, p)
-        batch = concat_batches([out[k] for k in sorted(out)], self.pad_id)
-        return dataclasses.replace(batch, weight_version=self.weight_version)
+        parts = [out[k] for k in sorted(out)]
+        batch = concat_batches(parts, self.pad_id)
+        rows = torch.cat([torch.full((len(b),), b.weight_version, dtype=torch.long) for b in parts])
+        return dataclasses.replace(batch, weight_version=int(rows.min()), row_version=rows)
 
-    def sync(self, model: torch.nn.Module, version: int, weights_ref=None) -> None:
+    def sync(self, model: torch.nn.Module, version: int, weights_ref=None, wait: bool = True) -> None:
         """Push the trainer's current weights to every worker and check that each now holds them (checksum).
         With LoRA only the adapter travels. `weights_ref`: weights already in Ray's object store (the training
-        ranks put them there), else they are taken from `model`."""
+        ranks put them there), else they are taken from `model`. `wait=False` returns at once: the workers load
+        the weights after the calls already queued on them, and the check runs at the next collect or sync."""
         import ray
 
+        self.finish_sync()
         if weights_ref is None:
             weights_ref = ray.put(_weights_of(model))
         self._weights_ref = weights_ref
         self.weight_version = version
-        want = checksum(ray.get(weights_ref))
         refs = [w.load_weights.remote(weights_ref, version) for w in self.workers]
+        self._sync_pending = (version, checksum(ray.get(weights_ref)), refs)
+        if wait:
+            self.finish_sync()
+
+    def finish_sync(self) -> None:
+        """Check the last sync: every worker holds `version` with the expected checksum (retrying dead ones)."""
+        import ray
+
+        if self._sync_pending is None:
+            return
+        version, want, refs = self._sync_pending
+        self._sync_pending = None
         for k, (w, ref) in enumerate(zip(self.workers, refs)):
             try:
                 v, got = ray.get(ref)
@@ -221,6 +258,15 @@ class RolloutPool:
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+
+
+@dataclasses.dataclass
+class Pending:
+    """A submitted batch: worker k's (worker, shard, params, object ref), and the weight version at submission."""
+
+    calls: dict[int, tuple[Any, PromptBatch, SamplingParams, Any]]
+    version: int
+    spans: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)  # worker k's (start, end)
 
 
 def _weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,9 +1,11 @@
 """Atomic, verifiable checkpoints.
 
-Layout: `<run>/checkpoints/step_000040/{model/, state.pt, manifest.json}` plus `<run>/checkpoints/latest`.
+Layout: `<run>/checkpoints/step_000040/{model/, state.json, state.safetensors, manifest.json}` plus `<run>/checkpoints/latest`.
 A checkpoint is written into a temporary sibling folder, fsynced, then renamed into place, and `latest` is
 replaced atomically after that: a `kill -9` at any moment leaves the previous checkpoint valid. The manifest
-holds a sha256 per file; loading verifies it and falls back to the newest intact checkpoint.
+holds a sha256 per file; loading verifies it and falls back to the newest intact checkpoint. The manifest guards
+against torn writes, not tampering (it lives in the same folder), so nothing here is read with pickle: see
+state_io.py.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from rltune.train.state_io import StateFormatError, save_state
+from rltune.train.state_io import load_state as _load_state
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,10 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(tmp / "model")
-    torch.save(state, tmp / "state.pt")
+    try:
+        save_state(state, tmp)
+    except StateFormatError as e:
+        raise CheckpointError(str(e)) from None
     files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "created": time.time(), "files": files}, indent=1))
     _fsync_tree(tmp)
@@ -87,12 +94,18 @@ def save_checkpoint(
     return final
 
 
+_LEFTOVER = re.compile(r"\.(tmp|old)-step_\d{6}-\d+")
+
+
 def _prune(root: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` checkpoints and delete leftovers of a killed writer. Runs right after this
+    writer's own temp folder was renamed into place, and the run directory's lock (rltune/train/rundir.py) keeps
+    any other trainer out, so every temp folder of our exact naming that is left is a dead writer's."""
     steps = sorted(p for p in root.glob("step_*") if p.is_dir())
     for p in steps[:-keep_last]:
         shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob(".tmp-step_*"):  # leftovers of a killed writer
-        if str(os.getpid()) not in p.name:
+    for p in root.iterdir():
+        if p.is_dir() and _LEFTOVER.fullmatch(p.name):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -119,6 +132,28 @@ def find_latest(ckpt_root: Path) -> Path | None:
     return None
 
 
+# Files rltune reads with a (restricted) pickle loader: a legacy state.pt and VAR model.pt (weights_only=True),
+# DeepSpeed's shards (rltune/train/deepspeed_engine.py loads them with weights_only=True).
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_KNOWN_PICKLES = ("state.pt", "model/model.pt")
+
+
+def refuse_unexpected_pickles(ckpt: Path) -> None:
+    """CheckpointError when `ckpt` holds pickle files rltune never writes (e.g. a planted model/*.bin)."""
+    odd = [str(p.relative_to(ckpt)) for p in sorted(ckpt.rglob("*"))
+           if p.suffix in _PICKLE_SUFFIXES and p.is_file() and p.relative_to(ckpt).parts[0] != "deepspeed"
+           and str(p.relative_to(ckpt)) not in _KNOWN_PICKLES]
+    if odd:
+        raise CheckpointError(
+            f"--resume: {ckpt} holds pickle files that rltune does not write: {', '.join(odd[:5])}. A pickle can "
+            "run code when loaded, so this checkpoint is refused; if you did not put them there, treat the run "
+            "directory as tampered with."
+        )
+
+
 def load_state(ckpt: Path) -> dict[str, Any]:
-    # weights_only=False: the state holds RNG states and plain Python containers written by this process.
-    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    """The training state of `ckpt`; CheckpointError (a user error, exit 2) when it cannot be read safely."""
+    try:
+        return _load_state(ckpt)
+    except StateFormatError as e:
+        raise CheckpointError(f"--resume: {e}") from None

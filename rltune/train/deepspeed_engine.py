@@ -7,6 +7,7 @@ the single-process engine, so a sharded run and an unsharded one take the same s
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from rltune.config.schema import TrainConfig
 from rltune.modifiers.base import GradView
+from rltune.train.checkpoint import CheckpointError
 from rltune.train.torch_engine import lr_schedule, response_logprobs
 
 
@@ -138,9 +140,40 @@ class DeepSpeedEngine:
         self.ds.save_checkpoint(str(path), tag="ds")
 
     def load(self, path: Path) -> None:
-        self.ds.load_checkpoint(str(path), tag="ds")
+        # DeepSpeed reads its shards with torch.load(weights_only=False): a tampered shard would run code on
+        # --resume. Read them with weights_only=True instead, allowing only the DeepSpeed types they hold.
+        plain = self.ds.checkpoint_engine
+        self.ds.checkpoint_engine = _WeightsOnlyLoads(plain)
+        try:
+            self.ds.load_checkpoint(str(path), tag="ds")
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"--resume: a DeepSpeed shard under {path} holds more than tensors and DeepSpeed's "
+                                  f"state types, so it was not loaded (a pickle can run code): {str(e)[:300]}"
+                                  ) from None
+        finally:
+            self.ds.checkpoint_engine = plain
         # The recipe's lr wins over the checkpoint's, as in the single-process engine.
         self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
+
+
+class _WeightsOnlyLoads:
+    """DeepSpeed's checkpoint engine with a load() that cannot run code (torch.load(weights_only=True))."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def load(self, path: str, map_location=None):
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        from rltune.train.state_io import allow_globals
+
+        with allow_globals([fragment_address, ZeroStageEnum, LossScaler, DynamicLossScaler]):
+            return torch.load(path, map_location=map_location, weights_only=True)
 
 
 class _ZeroGradView(GradView):

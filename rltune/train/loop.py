@@ -5,9 +5,11 @@ behave alike whatever the policy.
     fit():  eval at step 0 -> [train_step -> divergence check -> eval -> log -> checkpoint] until run.steps or a
             signal -> checkpoint -> export to run_dir/final (complete run) or a "stopped" message (signal)
 
-A trainer subclasses it, calls `_open_run` first and creates `self.watchdog` last in its `__init__`, and provides
-the hooks: `train_step`, `evaluate`, `_has_eval`, `_save_model` (checkpoint weights), `export` (the final folder);
-optionally `_watched_eval` and `_shutdown`. The step itself stays in each trainer, read top to bottom.
+A trainer subclasses it and builds itself in `_build(resume_from)` (RunLoop.__init__ opens and locks the run
+directory first, and releases the lock if the build fails), calls `_claim_run_dir` once its inputs are loaded
+(only then does --overwrite delete the old run), creates `self.watchdog` last, and provides the hooks:
+`train_step`, `evaluate`, `_has_eval`, `_save_model` (checkpoint weights), `export` (the final folder); optionally
+`_watched_eval` and `_shutdown`. The step itself stays in each trainer, read top to bottom.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -27,12 +28,11 @@ import torch
 from rltune.config.load import dump_recipe
 from rltune.config.schema import Recipe
 from rltune.logging import MetricLogger
+from rltune.reward import RewardError
 from rltune.train import checkpoint as ckpt
+from rltune.train import rundir
+from rltune.train.rundir import RunDirError  # noqa: F401 - re-exported (trainer, cli, visual trainers)
 from rltune.watchdog import Watchdog
-
-
-class RunDirError(RuntimeError):
-    pass
 
 
 class TrainingDivergedError(RuntimeError):
@@ -53,7 +53,23 @@ class RunLoop:
     NONFINITE = "loss or gradient"
     DIVERGED_ADVICE = "Lower train.lr, set train.max_grad_norm, or check rewards/modifiers for inf"
 
+    def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False,
+                 allow_changes: bool = False):
+        resume_from = self._open_run(recipe, base_dir, resume, overwrite, allow_changes)
+        try:
+            if resume_from is not None:  # before anything reads it: a planted pickle must never be loaded
+                ckpt.refuse_unexpected_pickles(resume_from)
+            self._build(resume_from)
+            self._claim_run_dir()
+        except BaseException:
+            self.release()
+            raise
+
     # ------------------------------------------------------------------------------------------- hooks
+    def _build(self, resume_from: Path | None) -> None:
+        """Load the policy, rewards, modifiers and data (and the state of `resume_from`, when resuming)."""
+        raise NotImplementedError
+
     def train_step(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -82,10 +98,24 @@ class RunLoop:
     # ------------------------------------------------------------------------------------------- the loop
     def fit(self) -> dict[str, Any]:
         """Train until run.steps or SIGINT/SIGTERM; returns the last step's metrics."""
+        try:
+            return self._fit()
+        except RewardError as e:  # the user's reward failed: say what is left on disk and how to go on
+            found = ckpt.find_latest(self.ckpt_root)
+            left = (f"the last checkpoint is {found} (`--resume` continues from it once the reward is fixed)" if found
+                    else "no checkpoint was written yet (run.save_interval: k writes one every k steps)")
+            raise RewardError(f"{e}\nThe run stopped after {self.step} completed steps; {left}.") from e
+        finally:
+            self.release()
+
+    def _fit(self) -> dict[str, Any]:
         r = self.recipe
         self.logger = MetricLogger(r.logging, self.run_dir, r.run.steps, r.model_dump(mode="json"), self.step,
                                    r.run.name)
-        (self.run_dir / "recipe.yaml").write_text(dump_recipe(r))
+        # recipe.yaml is the recipe in effect; recipe_history.jsonl keeps every start and resume (and its changes)
+        ckpt.atomic_write_text(self.run_dir / "recipe.yaml", dump_recipe(r))
+        rundir.record(self.run_dir, "resume" if self._resumed else "start", self.step, r.model_dump(mode="json"),
+                      self._recipe_changes)
         last: dict[str, Any] = {}
         with self._signals():
             if self.step == 0 and self._has_eval():
@@ -134,7 +164,7 @@ class RunLoop:
             raise TrainingDivergedError(
                 f"{limit} steps in a row had a non-finite {self.NONFINITE} (last at step {self.step}); weights were "
                 f"not updated by them. Last good checkpoint: {last or 'none'}. {self.DIVERGED_ADVICE}; then "
-                "`--resume`."
+                "`--resume --allow-changes`."
             )
 
     def _track_best(self, metrics: dict[str, Any]) -> None:
@@ -149,14 +179,29 @@ class RunLoop:
             yield
 
     # --------------------------------------------------------------------------------- run directory
-    def _open_run(self, recipe: Recipe, base_dir: str | Path, resume: bool, overwrite: bool) -> Path | None:
-        """The start of every trainer's __init__: the run directory (refuse an existing run unless resume /
-        overwrite), threads, seeds and the loop's counters. Returns the checkpoint to resume from, if any."""
+    def _open_run(self, recipe: Recipe, base_dir: str | Path, resume: bool, overwrite: bool,
+                  allow_changes: bool = False) -> Path | None:
+        """The run directory (created and locked; an existing run is refused unless resume / overwrite, a resume
+        with a changed recipe unless the changes are allowed), threads, seeds and the loop's counters. Returns
+        the checkpoint to resume from, if any."""
         self.recipe, self.base_dir = recipe, Path(base_dir)
         r = recipe
         self.run_dir = Path(r.run.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
-        resume_from = self._prepare_run_dir(resume, overwrite)
+        self._lock: rundir.RunLock | None = None
+        self._overwrite_pending = False
+        self._resumed = resume
+        self._recipe_changes: dict[str, tuple[Any, Any]] = {}
+        if resume and not self.run_dir.is_dir():  # a typo in run.name: do not leave an empty folder behind
+            raise RunDirError(f"--resume: no valid checkpoint under {self.ckpt_root} (there is no run directory "
+                              f"{self.run_dir}); check run.name / run.output_dir, or start without --resume")
+        rundir.prepare(self.run_dir)
+        self._lock = rundir.RunLock(self.run_dir)
+        try:
+            resume_from = self._prepare_run_dir(resume, overwrite, allow_changes)
+        except BaseException:
+            self.release()
+            raise
         if r.run.threads:
             torch.set_num_threads(r.run.threads)
         seed_everything(r.run.seed)
@@ -168,22 +213,39 @@ class RunLoop:
         self.logger = None
         return resume_from
 
-    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> Path | None:
+    def _prepare_run_dir(self, resume: bool, overwrite: bool, allow_changes: bool) -> Path | None:
         has_run = (self.run_dir / "metrics.jsonl").exists() or self.ckpt_root.exists()
+        if resume and overwrite:
+            raise RunDirError("--resume continues the run and --overwrite deletes it: pass one of them")
         if resume:
             found = ckpt.find_latest(self.ckpt_root)
             if found is None:
                 raise RunDirError(f"--resume: no valid checkpoint under {self.ckpt_root}; start without --resume")
+            self._recipe_changes = rundir.check_resume(self.run_dir, self.recipe.model_dump(mode="json"),
+                                                       allow_changes)
             return found
         if has_run and not overwrite:
             raise RunDirError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or --overwrite to start over "
                 "(or change run.name / run.output_dir)"
             )
-        if has_run and overwrite:
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if has_run and not (self.run_dir / rundir.MARKER).is_file():
+            rundir.empty_for_overwrite(self.run_dir)  # raises now, before anything loads: not rltune's folder
+        self._overwrite_pending = has_run
         return None
+
+    def _claim_run_dir(self) -> None:
+        """--overwrite deletes the old run here, after the trainer loaded what the recipe names (a typo in
+        data.source must not cost the old run). Idempotent."""
+        if self._overwrite_pending:
+            rundir.empty_for_overwrite(self.run_dir)
+            self._overwrite_pending = False
+
+    def release(self) -> None:
+        """Give up the run directory's lock (fit() does it when it returns or raises)."""
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
 
     def save_checkpoint(self) -> Path:
         with self.watchdog.watch("checkpoint"):

@@ -14,7 +14,7 @@ from rltune.reward import RewardInput
 from rltune.train.loop import finite_or_none
 
 __all__ = ["step_seed", "minibatches", "reward_input", "image_reward_input", "load_eval_rows", "eval_metrics",
-           "best_worst_samples", "text_eval_rows", "greedy_eval"]
+           "best_worst_samples", "text_eval_rows", "greedy_eval", "check_positions", "step_metrics"]
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -96,3 +96,49 @@ def best_worst_samples(raw: torch.Tensor, describe: Callable[[int], dict[str, An
     order = torch.argsort(torch.nan_to_num(raw, nan=-float("inf")), descending=True).tolist()
     pick = order[:k] + [i for i in order[-k:] if i not in order[:k]]
     return [describe(i) | {"reward": finite_or_none(raw[i])} for i in pick]
+
+
+def step_metrics(batch: RolloutBatch, result: Any, raw: torch.Tensor, rewards: torch.Tensor, advantages: torch.Tensor,
+                 samples_per_prompt: int) -> dict[str, Any]:
+    """A text step's reward/rollout metrics: raw [N] and shaped [N] rewards, advantages [N,T], and the reward
+    manager's own metrics (result.metrics)."""
+    from rltune.algo import flat_group_frac
+    from rltune.ops import masked_mean
+
+    return {
+        "reward/mean": float(torch.nanmean(raw)),
+        "reward/shaped_mean": float(torch.nanmean(rewards)),
+        "reward/unscorable_frac": float(torch.isnan(raw).float().mean()),
+        "reward/flat_group_frac": flat_group_frac(raw, batch.group_id) if samples_per_prompt > 1 else 1.0,
+        "algo/adv_abs_mean": float(masked_mean(advantages.abs(), batch.response_mask)),
+        "rollout/response_len": float(batch.response_len.float().mean()),
+        "rollout/truncated_frac": float(batch.truncated.float().mean()),
+        "rollout/weight_version": batch.weight_version,
+        "perf/tokens": int(batch.response_len.sum()),
+        **result.metrics,
+    }
+
+
+def check_positions(r: Any, model: Any, tok: Any, train_prompts: list[str], eval_prompts: list[str]) -> None:
+    """Longest prompt + rollout.max_new_tokens must fit the model's positions (past them a model with learned
+    positions fails and a rotary one degrades without a word). `train_prompts` raw, `eval_prompts` templated."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if r.env is not None or not isinstance(limit, int):
+        return
+    if r.data.max_prompt_tokens + r.rollout.max_new_tokens <= limit:
+        return  # every prompt that fits data.max_prompt_tokens fits (longer ones fail at the rollout)
+    from rltune.data.prompts import format_prompt
+    from rltune.rollout.hf_engine import PromptTooLongError, encode_texts
+
+    texts = [format_prompt(p, r.data, tok) for p in train_prompts] + list(eval_prompts)
+    lens = [len(ids) for ids in encode_texts(tok, texts)]
+    longest = max(lens, default=0)
+    if longest > r.data.max_prompt_tokens:  # found here, before any step, rather than at the first rollout
+        text = texts[lens.index(longest)]
+        raise PromptTooLongError(f"a prompt has {longest} tokens > data.max_prompt_tokens={r.data.max_prompt_tokens}: "
+                                 f"{text[:80]!r}...; raise data.max_prompt_tokens or filter long prompts")
+    if longest + r.rollout.max_new_tokens > limit:
+        raise PromptTooLongError(
+            f"the longest prompt ({longest} tokens) + rollout.max_new_tokens={r.rollout.max_new_tokens} exceeds "
+            f"the model's {limit} positions (max_position_embeddings); lower max_new_tokens, shorten or filter "
+            "the prompts, or use a model with more positions")

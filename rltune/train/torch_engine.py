@@ -184,8 +184,8 @@ class TorchEngine:
     def load_state_dict(self, sd: dict) -> None:
         self.optimizer.load_state_dict(sd["optimizer"])
         self.scheduler.load_state_dict(sd["scheduler"])
-        # The recipe's lr wins over the checkpoint's, so `train.lr=... --resume` works (e.g. after divergence);
-        # the schedule position is kept.
+        # The recipe's lr wins over the checkpoint's, so `train.lr=... --resume --allow-changes` works (e.g. after
+        # divergence); the schedule position is kept.
         self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
         factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         for g in self.optimizer.param_groups:

@@ -116,7 +116,8 @@ def run_update(engine, mods, x: UpdateInputs, plan: list[torch.Tensor], spec: Up
                 loss = loss - spec.entropy_coef * agg(ent, m)
             ctx = LossContext(rows, lp, old, x.advantages[rows], m, state,
                               x.entropy[rows] if x.entropy is not None else None,
-                              {k: v[rows] for k, v in x.extras.items()}, total_rows=len(mini))
+                              {k: v[rows] for k, v in x.extras.items()}, total_rows=len(mini),
+                              rollout_logprobs=x.rollout_logprobs[rows])
             for name, term in mods.extra_loss(ctx).items():
                 loss = loss + term
                 acc[f"loss/{name}"] += float(term.detach())

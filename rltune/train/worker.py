@@ -60,7 +60,7 @@ class TrainWorker:
             if self.lora:
                 self.ref = "adapter_off"
             else:
-                ref, _ = load_policy(r.model, path=r.sft.output_dir if r.sft else None, seed=r.run.seed,
+                ref, _ = load_policy(r.model, path=r.sft.output_dir if r.starts_from_sft else None, seed=r.run.seed,
                                      trainable=False)
                 self.ref = _frozen_engine(ref, c.zero_stage, world_size) if c.zero_stage == 3 else ref
                 if c.zero_stage != 3 and backend == "nccl":
@@ -239,6 +239,12 @@ class TrainGroup:
 
         try:
             return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+        except ray.exceptions.RayTaskError as e:
+            from rltune.train.checkpoint import CheckpointError
+
+            if isinstance(e.cause, CheckpointError):  # a refused checkpoint: its message, not Ray's traceback
+                raise CheckpointError(str(e.cause)) from None
+            raise
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
             raise TrainRankDiedError(
                 f"a training rank died during `{method}` ({type(e).__name__}). The run stops here: the last checkpoint "

@@ -44,10 +44,9 @@ class DiffusionTrainer(RunLoop):
     manifest = DIFFUSION
     DIVERGED_ADVICE = "Lower train.lr or check the rewards for inf"
 
-    def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
-        check_support(recipe, base_dir=base_dir)   # every key set is honoured, every modifier runs (rltune/families.py)
-        resume_from = self._open_run(recipe, base_dir, resume, overwrite)
-        r = recipe
+    def _build(self, resume_from: Path | None) -> None:
+        r = self.recipe
+        check_support(r, base_dir=self.base_dir)   # every key set is honoured, every modifier runs (families.py)
         self.device = resolve_device(r.run.device)
 
         # Policy: denoiser (+ LoRA) with its schedule, text encoder and VAE; only the trainable part is saved.
@@ -81,6 +80,7 @@ class DiffusionTrainer(RunLoop):
 
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, None, r.run.seed)
         self.eval_prompts = self._load_eval_prompts()
+        self._claim_run_dir()  # policy, rewards, modifiers and data loaded: --overwrite may now delete
         if resume_from is not None:
             from safetensors.torch import load_file
 

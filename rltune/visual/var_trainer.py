@@ -64,10 +64,9 @@ class VarTrainer(RunLoop):
     NONFINITE = "gradient"
     DIVERGED_ADVICE = "Lower train.lr, set train.max_grad_norm, or check rewards/modifiers"
 
-    def __init__(self, recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False):
-        r = recipe
-        check_support(r, base_dir=base_dir)   # every key set is honoured, every modifier runs (rltune/families.py)
-        resume_from = self._open_run(recipe, base_dir, resume, overwrite)
+    def _build(self, resume_from: Path | None) -> None:
+        r = self.recipe
+        check_support(r, base_dir=self.base_dir)   # every key set is honoured, every modifier runs (families.py)
 
         # One device (run.device; auto = the GPU when there is one); batches live on the CPU and cross to the device
         # at the model's boundary (_sample, _decode, _logits).
@@ -87,6 +86,7 @@ class VarTrainer(RunLoop):
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, None, r.run.seed)
         self.eval_rows = self._load_eval_rows()
+        self._claim_run_dir()  # policy, rewards, modifiers and data loaded: --overwrite may now delete
         self.engine = VarEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
         if resume_from is not None:
             self._load_state(ckpt.load_state(resume_from))
@@ -137,7 +137,8 @@ class VarTrainer(RunLoop):
             advantages = self.mods.shape_advantages(advantages, ctx)
             base = old_logprobs if old_logprobs is not None else batch.rollout_logprobs
             tw = self.mods.token_weights(LossContext(torch.arange(len(batch)), base, base, advantages, mask, state,
-                                                     entropy, dict(batch.extras), total_rows=len(batch)))
+                                                     entropy, dict(batch.extras), total_rows=len(batch),
+                                                     rollout_logprobs=batch.rollout_logprobs))
             loss_mask = mask & tw.mask if tw.mask is not None else mask
 
         # -- update: teacher-forcing log-probs, clipped surrogate × token weights, aggregate, optimizer step
@@ -289,11 +290,20 @@ class VarTrainer(RunLoop):
 
     def _save_model(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(self._weights(), out / "model.pt")
+        from safetensors.torch import save_file
+
+        # safetensors: a checkpoint's weights must not be able to run code when --resume reads them.
+        save_file({k: v.detach().cpu().contiguous() for k, v in self._weights().items()},
+                  str(out / "model.safetensors"))
 
     def _load_weights(self, folder: Path) -> None:
-        missing, unexpected = self.model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"),
-                                                         strict=False)
+        from safetensors.torch import load_file
+
+        if (folder / "model.safetensors").is_file():
+            sd = load_file(str(folder / "model.safetensors"), device="cpu")
+        else:  # written by an older rltune
+            sd = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        missing, unexpected = self.model.load_state_dict(sd, strict=False)
         bad = [k for k in missing if not k.startswith("vae.")] + list(unexpected)
         if bad:
             raise RecipeError(f"checkpoint {folder} does not match model.var: {bad[:5]}")

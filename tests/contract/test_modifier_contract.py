@@ -11,7 +11,6 @@ returned a wrong shape or a NaN.
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
@@ -131,7 +130,8 @@ def _args(hook: str, step: int = 3, name: str = ""):
     if hook in ("token_weights", "extra_loss"):
         lp = OLD.clone().requires_grad_(True)
         return (LossContext(torch.arange(N), lp, OLD.clone(), _adv(), BATCH.response_mask.clone(), st,
-                            ENTROPY.clone(), {k: v.clone() for k, v in BATCH.extras.items()}, total_rows=N),)
+                            ENTROPY.clone(), {k: v.clone() for k, v in BATCH.extras.items()}, total_rows=N,
+                            rollout_logprobs=BATCH.rollout_logprobs.clone()),)
     raise AssertionError(hook)
 
 
@@ -244,16 +244,16 @@ def test_deterministic_per_step(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
-def test_state_dict_round_trips(name: str) -> None:
+def test_state_dict_round_trips(name: str, tmp_path) -> None:
+    from rltune.train.state_io import load_state, save_state
+
     mod = _build(name)
     for hook in _overridden(type(mod)):
         getattr(mod, hook)(*_args(hook, name=name))
     mod.on_step_end({}, _state())
-    buf = io.BytesIO()
-    torch.save(mod.state_dict(), buf)                    # what a checkpoint does
-    buf.seek(0)
+    save_state({"mod": mod.state_dict()}, tmp_path)     # what a checkpoint does (JSON + safetensors)
     fresh = _build(name)
-    fresh.load_state_dict(torch.load(buf, weights_only=False))
+    fresh.load_state_dict(load_state(tmp_path)["mod"])
     assert _same(fresh.state_dict(), mod.state_dict())
 
 

@@ -103,8 +103,8 @@ def test_lora_ranks_train_and_sync_only_the_adapter(tiny_recipe, tmp_path):
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
     sent = []
     sync = t.rollout.sync
-    t.rollout.sync = lambda model, version, weights_ref=None: sent.append(ray.get(weights_ref)) or sync(
-        model, version, weights_ref)
+    t.rollout.sync = lambda model, version, weights_ref=None, **kw: sent.append(ray.get(weights_ref)) or sync(
+        model, version, weights_ref, **kw)
     t.fit()
     after = t.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}

@@ -48,7 +48,7 @@ def test_tiny_var_learns_and_moves_every_parameter(tmp_path):
         assert key in last, key
     # PANW+MP moves the loss weight to the coarse scales: scale 0 (1 token of 85) gets far more than 1/85
     assert last["algo/scale_weight/0"] > 0.3
-    assert (t.run_dir / "final" / "model.pt").is_file() and (t.run_dir / "checkpoints" / "latest").is_file()
+    assert (t.run_dir / "final" / "model.safetensors").is_file() and (t.run_dir / "checkpoints" / "latest").is_file()
     assert t.best is not None and t.stopped_by is None
     with pytest.raises(RunDirError, match="already holds a run"):
         VarTrainer(r, ROOT)
@@ -105,7 +105,7 @@ def test_cli_validates_and_trains(tmp_path):
                         f"run.output_dir={out}", "logging.console=false"], cwd=ROOT, capture_output=True, text=True,
                        timeout=180)
     assert t.returncode == 0, t.stdout + t.stderr
-    assert len([m for m in read_metrics(out) if "reward/mean" in m]) == 3 and (out / "final" / "model.pt").is_file()
+    assert len([m for m in read_metrics(out) if "reward/mean" in m]) == 3 and (out / "final" / "model.safetensors").is_file()
 
 
 def test_bench_ordering_on_two_seeds(tmp_path):

@@ -38,7 +38,7 @@ def test_validate_names_the_problem(tmp_path, over, expected):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(merge(TINY, over)))
     r = _validate(p)
-    assert r.returncode == 2
+    assert r.returncode == 2  # a user error (issue 20: validate exits 2 like train/show)
     for piece in expected:
         assert piece in r.stdout, (piece, r.stdout)
 
