@@ -14,14 +14,16 @@ from pathlib import Path
 
 
 class _CallablePackage(types.ModuleType):
-    def __call__(self, recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False) -> dict:
+    def __call__(self, recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False,
+                 allow_changes: bool = False) -> dict:
         """Run a recipe end to end (rltune.trainer.Trainer and the visual trainers); returns the last step's
-        metrics. `base_dir` resolves the recipe's relative paths; `resume`/`overwrite` as on the command line."""
+        metrics. `base_dir` resolves the recipe's relative paths; `resume`/`overwrite`/`allow_changes` as the
+        command line's --resume/--overwrite/--allow-changes."""
         from rltune._env import apply_defaults
         from rltune.trainer import train
 
         apply_defaults()
-        return train(recipe, base_dir, resume=resume, overwrite=overwrite)
+        return train(recipe, base_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
 
 
 sys.modules[__name__].__class__ = _CallablePackage
