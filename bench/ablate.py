@@ -269,7 +269,7 @@ def write_md(res: dict, summ: dict, out: Path) -> None:
 
 
 def notes(summ: dict, steps: int) -> list[str]:
-    """Per-modifier reading of the numbers (claims: /work/shared/specs/llm_modifiers.md §3–§5)."""
+    """Per-modifier reading of the numbers (claims: docs/modifiers.md and the papers, arXiv 2506.18631, 2509.09265, 2512.13095)."""
     g = lambda c, k: summ[c][k][0] if c in summ else math.nan  # noqa: E731
     mod = lambda c, k: summ.get(c, {}).get("mod", {}).get(f"mod/{c.partition('@')[0]}/{k}", math.nan)  # noqa: E731
     vs = lambda c, b: f"{verdict(summ[c], summ[b])}; {verdict(summ[c], summ[b], 'auc', 'AUC')}"  # noqa: E731

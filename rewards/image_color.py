@@ -1,4 +1,4 @@
-"""Analytic, differentiable colour rewards for image policies (CPU demos and tests; spec §2.5, §5 fixtures)."""
+"""Analytic, differentiable colour rewards for image policies (CPU demos and tests; docs/diffusion.md)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ _NAMED = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1
 
 class ColorReward(ImageReward):
     """Mean over pixels of the colour's channel minus the mean of the other channels, on images in [0,1]
-    rescaled to [−1,1] as in the spec's toy ("redness" = mean R − ½(mean G + mean B), range [−2,2]).
+    rescaled to [−1,1] as in the CPU toy ("redness" = mean R − ½(mean G + mean B), range [−2,2]).
 
     `target` is a name (red/green/blue: weight 1 on it, −½ on the others, so grey scores 0) or 3 raw RGB weights.
-    `clamp` (default, as the spec's measured toy) scores the image as displayed, clipped to [0,1]: the reward is
-    bounded (redness ≤ 2) but saturated pixels get no gradient (spec §2.4); clamp=false is unbounded (hackable).
+    `clamp` (default, as the CPU toy) scores the image as displayed, clipped to [0,1]: the reward is
+    bounded (redness ≤ 2) but saturated pixels get no gradient (docs/diffusion.md); clamp=false is unbounded (hackable).
 
     >>> import torch
     >>> from rltune.reward import RewardInput

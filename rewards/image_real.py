@@ -1,7 +1,7 @@
 """Adapters for real image scorers, loading local weights only (no downloads): CLIP/PickScore, the LAION
 aesthetic predictor (AlignProp's aesthetic reward), HPS v2 (AlignProp's and SRPO's HPS reward).
 
-All are differentiable (`score_images` keeps the graph; preprocessing is torch-only, spec §2.4) and the
+All are differentiable (`score_images` keeps the graph; preprocessing is torch-only, docs/diffusion.md) and the
 text-image ones expose `embed_images` / `embed_texts` / `score_scale` for SRPO's relative reward.
 """
 

@@ -1,10 +1,10 @@
-"""A frozen small-CNN "CLIP" for CPU tests and demos (spec §3.5): image and text embeddings, no downloads.
+"""A frozen small-CNN "CLIP" for CPU tests and demos (docs/diffusion.md): image and text embeddings, no downloads.
 
 The image tower is a seeded random conv net (3→16→32 conv, pooled, linear to `dim`, L2-normalised) that is
 never trained. Text has no real encoder: a text's embedding is the normalised mean of the image embeddings of
 the flat colour images its colour words name ("red", "blue", ...), so "Red. a square" lands near red images.
 Texts that name no colour get a fixed, seeded random unit vector. This makes SRPO's relative reward
-f̂_img(x)·((1+k) f̂_txt(p_pos) − f̂_txt(p_neg)) meaningful on the toy (spec §3.2, §3.5).
+f̂_img(x)·((1+k) f̂_txt(p_pos) − f̂_txt(p_neg)) meaningful on the toy (SRPO's relative reward, arXiv 2509.06942).
 """
 
 from __future__ import annotations

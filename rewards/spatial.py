@@ -1,4 +1,4 @@
-"""Spatial image rewards: a score per image plus the pixel boxes that determined it (spec visual_modifiers.md §1.3.4:
+"""Spatial image rewards: a score per image plus the pixel boxes that determined it (docs/var.md, Mask Propagation:
 the mask of "VAR RL Done Right" starts from the reward's boxes, e.g. OCR word boxes).
 
 A reward returns spatial metadata next to its scores as `Scores(values, extras={"boxes": [...]})`: one list of

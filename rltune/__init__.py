@@ -5,15 +5,8 @@ from rltune.config.schema import Recipe
 
 __version__ = "0.1.0"
 
-
-def train(recipe: Recipe, **kwargs):
-    """Run a recipe end to end (see rltune.trainer.Trainer); returns the last step's metrics."""
-    from rltune._env import apply_defaults
-    from rltune.trainer import train as _train
-
-    apply_defaults()
-
-    return _train(recipe, **kwargs)
-
+# `train(recipe)` runs a recipe; it is the rltune.train subpackage itself, made callable (rltune/train/__init__.py),
+# so importing rltune.train.* never replaces it.
+from rltune import train  # noqa: E402
 
 __all__ = ["Recipe", "load_recipe", "train", "__version__"]

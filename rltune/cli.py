@@ -105,8 +105,10 @@ def sft(
 
 @app.command()
 def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) -> None:
-    """Check the schema, resolve every plugin and bind its args (no model, no data, no GPU)."""
+    """Check the schema, resolve every plugin and bind its args, and check that the policy family (model.kind)
+    honours every key set and runs every modifier (no model, no data, no GPU). Exit 2 if any recipe fails."""
     from rltune import plugins
+    from rltune.families import check_support
     from rltune.modifiers.pipeline import check_modifier_class
 
     bad = 0
@@ -117,10 +119,12 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) ->
                 target = plugins.resolve(spec.use, "rewards")
                 if isinstance(target, type) or spec.args:
                     plugins.bind_args(target, spec.args, spec.use)
+            classes = {}
             for m in r.modifiers:
-                cls = plugins.resolve(m.use, "modifiers")
+                cls = classes[m.key] = plugins.resolve(m.use, "modifiers")
                 check_modifier_class(cls, m.key)
                 plugins.bind_args(cls, m.args, m.use)
+            check_support(r, classes)
             if r.env is not None:
                 plugins.bind_args(plugins.resolve(r.env.use, "envs"), r.env.args, r.env.use)
             out.print(f"[green]ok[/]   {path}")
@@ -230,26 +234,9 @@ def init(
 
 
 def _eval_model(r, path: str) -> dict:
-    import tempfile
+    from rltune.evaluation import evaluate_model
 
-    from rltune.trainer import Trainer
-
-    scratch = tempfile.mkdtemp(prefix="rltune-eval-")  # not inside the model folder, which may be read-only
-    tmp = r.model_copy(update={
-        "run": r.run.model_copy(update={"output_dir": str(Path(scratch) / "run")}),
-        "model": r.model.model_copy(update={"path": path, "tiny": None, "lora": None}),
-        "sft": None,
-        "logging": r.logging.model_copy(update={"console": False, "jsonl": False}),
-    })
-    import shutil
-
-    try:
-        t = Trainer(tmp)
-        res = t.evaluate()
-        t.release()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return res
+    return evaluate_model(r, path)
 
 
 def _plan_line(r) -> str:
@@ -264,10 +251,10 @@ def _print_plan(r, trainer) -> None:
     n_params = sum(p.numel() for p in trainer.model.parameters())
     n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     err.print(f"[bold]rltune[/] {r.run.name}: {_plan_line(r)}")
-    where = (f"rollout in {r.cluster.rollout_workers} Ray workers" if r.cluster.rollout_workers
-             else "in-process rollout")
-    err.print(f"  model {n_params / 1e6:.2f}M params ({n_train / 1e6:.2f}M trained), {where} + torch engine in "
-              f"this process, run dir {trainer.run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
+    from rltune.train.engines import describe_engines
+
+    err.print(f"  model {n_params / 1e6:.2f}M params ({n_train / 1e6:.2f}M trained), {describe_engines(r)}, "
+              f"run dir {trainer.run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
 
 
 def _print_summary(trainer, recipe: Path) -> None:

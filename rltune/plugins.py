@@ -5,7 +5,8 @@ A spec is one of
   * a dotted path `pkg.mod:Attr` (or `pkg.mod.Attr`),
   * a file path `path/to/file.py:Attr`, relative to `base_dir` (the trainer passes the working directory), then to the cwd.
 
-Every process builds its own instances from the spec (ARCHITECTURE rule 4); `bind_args` checks constructor
+Every process builds its own instances from the spec (no import-time registry; instances are never pickled);
+`bind_args` checks constructor
 arguments against the signature without building anything, like torchtune's `_validate`.
 """
 

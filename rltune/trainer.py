@@ -20,13 +20,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from rltune import algo
 from rltune.config.schema import Recipe
 from rltune.data.batch import RolloutBatch
 from rltune.data.prompts import PromptLoader, load_rows
+from rltune.families import FAMILIES, TEXT, check_support
 from rltune.models.policy import load_policy, resolve_device
 from rltune.modifiers.base import (
     AdvantageContext,
@@ -37,27 +37,53 @@ from rltune.modifiers.base import (
 )
 from rltune.modifiers.pipeline import ModifierPipeline
 from rltune.ops import masked_mean
-from rltune.reward import RewardInput, RewardManager
-from rltune.rollout.base import SamplingParams
+from rltune.reward import RewardManager
 from rltune.rollout.ahead import RolloutQueue
+from rltune.rollout.base import SamplingParams
 from rltune.rollout.dynamic import sample_groups
-from rltune.rollout.hf_engine import HFEngine
 from rltune.rollout.pool import load_synced_weights
 from rltune.train import checkpoint as ckpt
 from rltune.train.critic import Critic, finish_critic_metrics
 # RunDirError and TrainingDivergedError are also imported from here (cli, tests, the visual trainers).
-from rltune.train.loop import RunDirError, RunLoop, TrainingDivergedError, finite_or_none, rng_state, set_rng_state
-from rltune.train.scoring import score_rows
-from rltune.train.torch_engine import TorchEngine
+from rltune.train.loop import RunDirError, RunLoop, TrainingDivergedError, rng_state, set_rng_state
+from rltune.train.engines import build_engines
+from rltune.train.shared import (
+    best_worst_samples,
+    check_positions,
+    greedy_eval,
+    minibatches,
+    reward_input,
+    step_metrics,
+    step_seed,
+    text_eval_rows,
+)
 from rltune.train.update import UpdateInputs, UpdateSpec
 from rltune.watchdog import Watchdog
+
+
+@dataclasses.dataclass
+class _StepTensors:
+    """What the advantage phase hands the update: [N,T] tensors (None when the step does not need them)."""
+
+    advantages: torch.Tensor | None = None
+    loss_mask: torch.Tensor | None = None       # response mask & modifier masks (& not truncated)
+    weight: torch.Tensor | None = None          # modifier token weights
+    old_logprobs: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None          # critic (PPO)
+    returns: torch.Tensor | None = None
+    kl_tok: torch.Tensor | None = None          # per-token KL of the rollout policy to the reference
 
 
 class Trainer(RunLoop):
     """Text LMs. The outer loop (fit, signals, eval cadence, checkpoints) is RunLoop's (rltune/train/loop.py)."""
 
+    manifest = TEXT
+
     def _build(self, resume_from: Path | None) -> None:
         r = self.recipe
+        check_support(r, base_dir=self.base_dir)   # every key set is honoured, every modifier runs (families.py)
 
         # Policy: a checkpoint when resuming, else the SFT warm start, else model.path / model.tiny.
         start = None
@@ -89,49 +115,19 @@ class Trainer(RunLoop):
         self.rewards = RewardManager(r.rewards, base_dir=self.base_dir)
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, self.tok, r.run.seed)
-        self.eval_rows = self._load_eval_rows()
-        self._check_positions()
+        self.eval_rows = text_eval_rows(r.data, self.tok, self.base_dir)
+        check_positions(r, self.model, self.tok, self.loader.ds[r.data.prompt_column],
+                        self.eval_rows["prompts"] if self.eval_rows is not None else [])
         self._claim_run_dir()  # recipe, model, data, rewards and modifiers all loaded: --overwrite may now delete
         c = r.cluster
-        if c.rollout_workers or c.train_ranks:
-            from rltune.cluster import ensure_ray
-
-            ensure_ray(c)
-        total = r.run.steps * r.algo.updates_per_step
-        if c.train_ranks:  # DeepSpeed ZeRO ranks in Ray actors; this process keeps a synced copy for rollout/eval
-            from rltune.train.worker import TrainGroup
-
-            self.engine = TrainGroup(r, actor_start, total, base_dir=self.base_dir)
-            if resume_from is not None:  # sharded weights, optimizer state and scheduler (policy and critic)
-                self.engine.load(resume_from / "deepspeed")
-        else:
-            self.engine = TorchEngine(self.model, r.train, total)
-        self.ahead = None
-        if c.rollout_workers:
-            from rltune.rollout.pool import RolloutPool
-
-            pg = self.engine.pg if c.train_ranks and c.placement == "colocated" else None
-            self.rollout = RolloutPool(r.model, actor_start, c.rollout_workers, r.run.seed, r.data.max_prompt_tokens,
-                                       self.tok.pad_token_id, c.address, c.cpus_per_worker, c.threads_per_worker,
-                                       c.gpus_per_worker, placement_group=pg, env=r.env,
-                                       restart_timeout_s=c.worker_restart_timeout_s, decode=r.rollout.decode,
-                                       vllm=(r.rollout.vllm.model_dump() | {"max_new_tokens": r.rollout.max_new_tokens}
-                                             if r.rollout.engine == "vllm" else None))
-            # Rollouts of steps t..t+k in flight while step t trains (k = rollout.max_staleness; 0 = synchronous).
-            self.ahead = RolloutQueue(self.rollout, r.rollout.max_staleness)
-        elif r.rollout.engine == "vllm":  # vLLM in this process, next to the trainer (rltune/rollout/vllm_engine.py)
-            from rltune.rollout.vllm_engine import VLLMEngine, model_dir_for
-
-            self.rollout = VLLMEngine(model_dir_for(actor_start, r.model, self.model, self.tok, self.run_dir),
-                                      self.tok, r.data.max_prompt_tokens, r.rollout.max_new_tokens, r.run.seed,
-                                      **r.rollout.vllm.model_dump())
-            self.rollout.sync(self.model, 0)  # the current weights (a resumed run's, not the folder's)
-        else:
-            self.rollout = HFEngine(self.model, self.tok, r.data.max_prompt_tokens, decode=r.rollout.decode)
-            if r.env is not None:  # multi-turn agent episodes (docs/agents.md)
-                from rltune.rollout.multiturn import MultiTurnEngine
-
-                self.rollout = MultiTurnEngine(self.rollout, r.env, base_dir=self.base_dir)
+        # Training engine (this process, or DeepSpeed ranks) and rollout engine (in-process, vLLM, Ray workers):
+        # the trainer uses only their protocols (rltune/train/engines.py).
+        engines = build_engines(r, self.model, self.tok, self.ref_model, actor_start, resume_from, self.base_dir,
+                                self.run_dir)
+        self.engine, self.rollout = engines.train, engines.rollout
+        # With Ray rollout workers, rollouts of steps t..t+k are in flight while step t trains (k =
+        # rollout.max_staleness; 0 = synchronous).
+        self.ahead = RolloutQueue(self.rollout, r.rollout.max_staleness) if c.rollout_workers else None
         # PPO's value model (algo.advantage=gae) starts from the policy's starting model unless critic.path/tiny.
         # On training ranks it is a DeepSpeed engine there too (TrainGroup.critic, same interface).
         self.critic = None
@@ -152,7 +148,7 @@ class Trainer(RunLoop):
         if c.rollout_workers or c.train_ranks:  # where each actor landed, for the user (and the multi-node test)
             import json
 
-            placed = {"train_rank_nodes": getattr(self.engine, "nodes", []),
+            placed = {"train_rank_nodes": self.engine.nodes,
                       "rollout_worker_nodes": self.rollout.nodes() if c.rollout_workers else []}
             (self.run_dir / "cluster.json").write_text(json.dumps(placed, indent=1))
         self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)  # last: its clock starts with the run
@@ -167,21 +163,53 @@ class Trainer(RunLoop):
 
     def _shutdown(self) -> None:
         self.rollout.shutdown()
-        if hasattr(self.engine, "shutdown"):
-            self.engine.shutdown()
+        self.engine.shutdown()
 
     # ------------------------------------------------------------------------------------------- the step
     def train_step(self) -> dict[str, Any]:
-        r, a = self.recipe, self.recipe.algo
+        r = self.recipe
         state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
-        step_seed = _step_seed(r.run.seed, self.step)
+        seed = step_seed(r.run.seed, self.step)
         # Reseeding per step makes a resumed run draw exactly what the uninterrupted run drew.
-        torch.manual_seed(step_seed)
+        torch.manual_seed(seed)
         timers: dict[str, float] = defaultdict(float)
         t_step = time.perf_counter()
 
         # -- rollout + reward: B prompts -> N = B·G completions with their sampling log-probs -> scores [N,K] ->
         #    raw rewards [N] (NaN = unscorable). DAPO dynamic sampling repeats rounds until B groups vary.
+        batch, result, dyn = self._rollout(state, seed, timers)
+        # -- reward shaping (e.g. ReDit) on a copy; filtering and logs use the raw rewards
+        with self._phase(timers, "time/reward"):
+            raw = result.rewards
+            rewards = self.mods.shape_rewards(raw.clone(), RewardContext(batch, raw, result.scores, state))
+
+        # -- old log-probs / entropy / values, then advantages [N,T] and the step's token weights and loss mask
+        s = self._advantage(batch, raw, rewards, state, timers)
+
+        # -- update: the critic first (PPO), then the policy unless the critic is still warming up
+        stats = dict(dyn) | self._update(batch, s, state, timers)
+
+        # -- sync: the training ranks' new weights (gathered from ZeRO-3 partitions; the adapter only with LoRA) go
+        #    to this process's copy and the rollout workers (in-process: shared weights, version only)
+        with self._phase(timers, "time/sync"):
+            ref = self.engine.weights_ref()   # None: this process's model is the one trained
+            if ref is not None:
+                load_synced_weights(self.model, ref)
+            (self.ahead or self.rollout).sync(self.model, self.rollout.weight_version + 1, weights_ref=ref)
+
+        metrics = step_metrics(batch, result, raw, rewards, s.advantages, r.rollout.samples_per_prompt)
+        metrics |= stats | timers
+        metrics["time/step"] = time.perf_counter() - t_step
+        metrics |= self.mods.on_step_end(metrics, state)
+        # Training ranks report their own modifier instances' metrics (extra_loss/on_gradients run there).
+        metrics |= {k: v for k, v in stats.items() if k.startswith(("mod/", "time/mod/"))}
+        self._last_samples = best_worst_samples(raw, lambda i: {"prompt": batch.prompts[i],
+                                                                 "completion": batch.completions[i]})
+        return metrics
+
+    def _rollout(self, state: StepState, seed: int, timers: dict[str, float]):
+        """(batch, reward result, dynamic-sampling metrics) of the step: on_prompts, generate, score."""
+        r, ds = self.recipe, self.recipe.algo.dynamic_sampling
         with self._phase(timers, "time/rollout"):
             probe = self._probe if "probe" in self.mods.requires else None
             prompt_ctx = PromptContext(state, probe, r.rollout.samples_per_prompt)
@@ -189,108 +217,91 @@ class Trainer(RunLoop):
         def generate(prompts, k):  # round k of this step (k > 0 only with dynamic sampling)
             with self._phase(timers, "time/rollout"):
                 prompts = self.mods.on_prompts(prompts, prompt_ctx)
-                return self.rollout.generate(prompts, self._sampling(seed=(step_seed + k * 104_729) % (2**31 - 1)))
+                return self.rollout.generate(prompts, self._sampling(seed=(seed + k * 104_729) % (2**31 - 1)))
 
         def score(b):
             with self._phase(timers, "time/reward"):
-                return self.rewards(_reward_input(b, self.step))
+                return self.rewards(reward_input(b, self.step))
 
         def draw(s):  # prompts and sampling of step s (s > self.step: a rollout that runs ahead)
             st = dataclasses.replace(state, step=s)
             prompts = self.mods.on_prompts(self.loader.next(r.rollout.prompts_per_step),
                                            dataclasses.replace(prompt_ctx, state=st))
-            return prompts, self._sampling(seed=_step_seed(r.run.seed, s))
+            return prompts, self._sampling(seed=step_seed(r.run.seed, s))
 
-        ds = a.dynamic_sampling
         if self.ahead is None:
-            batch, result, dyn = sample_groups(generate, score, self.loader.next, r.rollout.prompts_per_step,
-                                               enabled=ds.enabled, max_rounds=ds.max_rounds,
-                                               pad_id=self.tok.pad_token_id)
-        else:  # Ray rollout workers: this step's rows were submitted up to rollout.max_staleness steps ago
-            with self._phase(timers, "time/rollout"):
-                batch, dyn = self.ahead.take(self.step, draw)
-            result = score(batch)
-            lag = (self.rollout.weight_version - batch.versions).float()
-            dyn |= {"rollout/staleness_mean": float(lag.mean()), "rollout/staleness_max": float(lag.max())}
-        # -- reward shaping (e.g. ReDit) on a copy; filtering and logs use the raw rewards
-        with self._phase(timers, "time/reward"):
-            raw = result.rewards
-            rewards = self.mods.shape_rewards(raw.clone(), RewardContext(batch, raw, result.scores, state))
+            return sample_groups(generate, score, self.loader.next, r.rollout.prompts_per_step, enabled=ds.enabled,
+                                 max_rounds=ds.max_rounds, pad_id=self.tok.pad_token_id)
+        # Ray rollout workers: this step's rows were submitted up to rollout.max_staleness steps ago
+        with self._phase(timers, "time/rollout"):
+            batch, dyn = self.ahead.take(self.step, draw)
+        result = score(batch)
+        lag = (self.rollout.weight_version - batch.versions).float()
+        return batch, result, dyn | {"rollout/staleness_mean": float(lag.mean()),
+                                     "rollout/staleness_max": float(lag.max())}
 
-        # -- old log-probs / entropy: only when something reads them before the update
-        mask = batch.response_mask
-        need = self.mods.requires
-        old_logprobs = entropy = ref_logprobs = None
-        # More than one update per batch (ppo_epochs/mini_batches) needs the old policy's log-probs fixed first.
+    def _advantage(self, batch: RolloutBatch, raw, rewards, state: StepState, timers) -> _StepTensors:
+        a, mask, need = self.recipe.algo, batch.response_mask, self.mods.requires
+        s = _StepTensors()
+        # Old log-probs / entropy only when something reads them before the update; more than one update per
+        # batch (ppo_epochs/mini_batches) needs the old policy's log-probs fixed first.
         if "entropy" in need or "old_logprobs" in need or a.kl_coef > 0 or a.updates_per_step > 1:
             with self._phase(timers, "time/old_logprobs"):
-                old_logprobs, entropy, ref_logprobs = self._score_batch(batch, entropy="entropy" in need)
-
-        values = returns = kl_tok = None
+                s.old_logprobs, s.entropy, s.ref_logprobs = self._score_batch(batch, entropy="entropy" in need)
         if self.critic is not None:
             with self._phase(timers, "time/values"):
-                values = self.critic.values(batch.input_ids, batch.attention_mask, batch.response_mask)
+                s.values = self.critic.values(batch.input_ids, batch.attention_mask, batch.response_mask)
 
-        # -- advantage: [N] rewards (minus β·KL to the reference when algo.kl_placement=reward) -> [N,T]
-        #    advantages by the estimator named in algo.advantage (GAE also gives returns), then modifiers (EMPG)
+        # [N] rewards (minus β·KL to the reference when algo.kl_placement=reward) -> [N,T] advantages by the
+        # estimator named in algo.advantage (GAE also gives returns), then modifiers (EMPG)
         with self._phase(timers, "time/advantage"):
             if a.kl_coef > 0:
-                kl_tok = algo.kl_penalty(old_logprobs, ref_logprobs, a.kl_estimator) * mask
-            token_rewards = -self.kl_ctl.coef * kl_tok if kl_tok is not None and a.kl_placement == "reward" else None
+                s.kl_tok = algo.kl_penalty(s.old_logprobs, s.ref_logprobs, a.kl_estimator) * mask
+            token_rewards = -self.kl_ctl.coef * s.kl_tok if s.kl_tok is not None and a.kl_placement == "reward" \
+                else None
             if "token_rewards" in batch.extras:  # per-token rewards from the rollout (e.g. per-turn env rewards)
                 env_tr = batch.extras["token_rewards"] * mask
                 token_rewards = env_tr if token_rewards is None else token_rewards + env_tr
-            advantages, returns = algo.estimate(a.advantage, rewards, batch.group_id, mask, values=values,
-                                                token_rewards=token_rewards, gamma=a.gamma, lam=a.lam,
-                                                scale=a.scale_rewards, eps=a.std_eps)
-            adv_ctx = AdvantageContext(batch, rewards, raw, mask, batch.group_id, state, old_logprobs, entropy,
+            advantages, s.returns = algo.estimate(a.advantage, rewards, batch.group_id, mask, values=s.values,
+                                                  token_rewards=token_rewards, gamma=a.gamma, lam=a.lam,
+                                                  scale=a.scale_rewards, eps=a.std_eps)
+            adv_ctx = AdvantageContext(batch, rewards, raw, mask, batch.group_id, state, s.old_logprobs, s.entropy,
                                        dict(batch.extras))
-            advantages = self.mods.shape_advantages(advantages, adv_ctx)
+            s.advantages = self.mods.shape_advantages(advantages, adv_ctx)
             # Token weights/masks are constants of the loss: computed once for the whole batch so the global
             # token count (and with it token-mean) does not depend on how the batch is split.
-            full_ctx = LossContext(torch.arange(len(batch)), old_logprobs if old_logprobs is not None else
-                                   batch.rollout_logprobs, old_logprobs if old_logprobs is not None else
-                                   batch.rollout_logprobs, advantages, mask, state, entropy, dict(batch.extras),
-                                   total_rows=len(batch), rollout_logprobs=batch.rollout_logprobs)
-            tw = self.mods.token_weights(full_ctx)
-            loss_mask = mask & tw.mask if tw.mask is not None else mask
+            base = s.old_logprobs if s.old_logprobs is not None else batch.rollout_logprobs
+            tw = self.mods.token_weights(LossContext(torch.arange(len(batch)), base, base, s.advantages, mask, state,
+                                                     s.entropy, dict(batch.extras), total_rows=len(batch),
+                                                     rollout_logprobs=batch.rollout_logprobs))
+            s.weight, s.loss_mask = tw.weight, mask & tw.mask if tw.mask is not None else mask
             if a.mask_truncated:  # DAPO overlong filtering: completions cut at max_new_tokens get no loss
-                loss_mask = loss_mask & ~batch.truncated[:, None]
+                s.loss_mask = s.loss_mask & ~batch.truncated[:, None]
+        return s
 
-        # -- update: one optimizer step per mini-batch (ppo_epochs × mini_batches), micro-batches accumulating;
-        #    the critic first (PPO), then the policy unless the critic is still warming up (critic.warmup_steps)
-        plan = _minibatches(len(batch), a.ppo_epochs, a.mini_batches)
-        stats = dict(dyn)
+    def _update(self, batch: RolloutBatch, s: _StepTensors, state: StepState, timers) -> dict[str, float]:
+        """One optimizer step per mini-batch (ppo_epochs × mini_batches), micro-batches accumulating; the critic
+        first (PPO), then the policy unless the critic is still warming up (critic.warmup_steps)."""
+        r, a = self.recipe, self.recipe.algo
+        plan = minibatches(len(batch), a.ppo_epochs, a.mini_batches)
+        stats: dict[str, float] = {}
         if self.critic is not None:
             with self._phase(timers, "time/critic"):
                 stats |= finish_critic_metrics(
-                    self.critic.update(batch.input_ids, batch.attention_mask, plan, values, returns, loss_mask),
-                    len(plan), values, returns, loss_mask)
+                    self.critic.update(batch.input_ids, batch.attention_mask, plan, s.values, s.returns, s.loss_mask),
+                    len(plan), s.values, s.returns, s.loss_mask)
         if self.critic is None or self.step >= r.critic.warmup_steps:
             with self._phase(timers, "time/update"):
-                x = UpdateInputs(batch.input_ids, batch.attention_mask, advantages, loss_mask, batch.rollout_logprobs,
-                                 tw.weight, old_logprobs, entropy, ref_logprobs, dict(batch.extras))
+                x = UpdateInputs(batch.input_ids, batch.attention_mask, s.advantages, s.loss_mask,
+                                 batch.rollout_logprobs, s.weight, s.old_logprobs, s.entropy, s.ref_logprobs,
+                                 dict(batch.extras))
                 kl_coef = self.kl_ctl.coef if a.kl_placement == "loss" else 0.0
                 stats |= self.engine.update(x, plan, UpdateSpec.from_recipe(r, kl_coef), state, self.mods)
-        if kl_tok is not None:  # the rollout policy's KL to the reference drives the adaptive controller
-            stats["algo/kl_rollout"] = float(masked_mean(kl_tok, mask, dim=-1).mean())
+        if s.kl_tok is not None:  # the rollout policy's KL to the reference drives the adaptive controller
+            stats["algo/kl_rollout"] = float(masked_mean(s.kl_tok, batch.response_mask, dim=-1).mean())
             stats["algo/kl_coef"] = self.kl_ctl.coef
             self.kl_ctl.update(stats["algo/kl_rollout"], len(batch))
-
-        # -- sync: the training ranks' new weights (gathered from ZeRO-3 partitions; the adapter only with LoRA) go
-        #    to this process's copy and the rollout workers (in-process: shared weights, version only)
-        with self._phase(timers, "time/sync"):
-            ref = None
-            if r.cluster.train_ranks:
-                ref = self.engine.weights_ref()
-                load_synced_weights(self.model, ref)
-            (self.ahead or self.rollout).sync(self.model, self.rollout.weight_version + 1, weights_ref=ref)
-
-        metrics = self._step_metrics(batch, result, raw, rewards, advantages, stats, timers)
-        metrics["time/step"] = time.perf_counter() - t_step
-        metrics |= self.mods.on_step_end(metrics, state)
-        self._last_samples = _samples(batch, raw)
-        return metrics
+        return stats
 
     def _probe(self, prompts, n: int) -> torch.Tensor:
         """Raw rewards [B,n] of n hint-free samples per prompt from the current policy (no training use)."""
@@ -298,104 +309,26 @@ class Trainer(RunLoop):
 
         plain = PromptBatch(prompts=prompts.prompts, meta=prompts.meta)
         b = self.rollout.generate(plain, dataclasses.replace(self._sampling(), n=n))
-        return self.rewards(_reward_input(b, self.step)).rewards.view(len(prompts), n)
+        return self.rewards(reward_input(b, self.step)).rewards.view(len(prompts), n)
 
     def _score_batch(self, batch: RolloutBatch, entropy: bool):
         """Old-policy log-probs (and entropy) and reference log-probs [N,T] for the whole batch, no grad; on the
         training ranks when there are some (each scores its slice; the reference model lives there too)."""
         r = self.recipe
-        T = batch.response_ids.shape[1]
-        kl = r.algo.kl_coef > 0
-        if r.cluster.train_ranks:
-            return self.engine.score(batch.input_ids, batch.attention_mask, T, r.rollout.temperature, entropy, kl)
-        ref = (self.ref_model if self.ref_model is not None else "adapter_off") if kl else None
-        return score_rows(self.model, ref, batch.input_ids, batch.attention_mask, T, r.rollout.temperature, entropy,
-                          min(r.train.micro_batch_size, len(batch)))
+        return self.engine.score(batch.input_ids, batch.attention_mask, batch.response_ids.shape[1],
+                                 r.rollout.temperature, entropy, r.algo.kl_coef > 0)
 
     # ------------------------------------------------------------------------------------ eval / metrics
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Greedy completions on the held-out rows; `eval/accuracy` is the first reward's mean."""
-        from rltune.data.batch import PromptBatch
-
-        rows, chunk, scores = self.eval_rows, 250, []
-        t0 = time.perf_counter()
-        for lo in range(0, len(rows), chunk):
-            part = rows[lo:lo + chunk]
-            pb = PromptBatch(prompts=part["prompts"], meta={k: v for k, v in part["meta"].items()})
-            b = self.rollout.generate(pb, self._sampling(greedy=True))
-            scores.append(self.rewards(_reward_input(b, self.step)).scores)
-        s = torch.cat(scores)
-        out = {"eval/accuracy": float(torch.nanmean(s[:, 0]))}
-        for k, spec in enumerate(self.recipe.rewards):
-            out[f"eval/reward/{spec.metric_name}"] = float(torch.nanmean(s[:, k]))
-        out["time/eval"] = time.perf_counter() - t0
-        return out
-
-    def _step_metrics(self, batch, result, raw, rewards, advantages, stats, timers) -> dict[str, Any]:
-        lens = batch.response_len.float()
-        G = self.recipe.rollout.samples_per_prompt
-        flat = _flat_groups(raw, batch.group_id) if G > 1 else 1.0
-        out = {
-            "reward/mean": float(torch.nanmean(raw)),
-            "reward/shaped_mean": float(torch.nanmean(rewards)),
-            "reward/unscorable_frac": float(torch.isnan(raw).float().mean()),
-            "reward/flat_group_frac": flat,
-            "algo/adv_abs_mean": float(masked_mean(advantages.abs(), batch.response_mask)),
-            "rollout/response_len": float(lens.mean()),
-            "rollout/truncated_frac": float(batch.truncated.float().mean()),
-            "rollout/weight_version": batch.weight_version,
-            "perf/tokens": int(batch.response_len.sum()),
-            **result.metrics,
-            **stats,
-            **timers,
-        }
-        return out
+        return greedy_eval(self.rollout, self.rewards, self.eval_rows, self._sampling(greedy=True), self.recipe.rewards,
+                           self.step)
 
     # --------------------------------------------------------------------------------- state and files
     def _sampling(self, greedy: bool = False, seed: int | None = None) -> SamplingParams:
         ro = self.recipe.rollout
         return SamplingParams(n=1 if greedy else ro.samples_per_prompt, max_new_tokens=ro.max_new_tokens,
                               temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k, greedy=greedy, seed=seed)
-
-    def _load_eval_rows(self) -> _EvalRows | None:
-        d = self.recipe.data
-        if d.eval_source is None and not d.source.startswith("builtin:"):
-            return None
-        ds = load_rows(d, d.eval_split, source=d.eval_source or d.source, base_dir=self.base_dir)
-        if d.eval_size:
-            ds = ds.select(range(min(d.eval_size, len(ds))))
-        from rltune.data.prompts import format_prompt
-
-        cols = ds.to_dict()
-        return _EvalRows([format_prompt(p, d, self.tok) for p in cols[d.prompt_column]], cols)
-
-    def _check_positions(self) -> None:
-        """Longest prompt + rollout.max_new_tokens must fit the model's positions (past them a model with
-        learned positions fails and a rotary one degrades without a word)."""
-        r = self.recipe
-        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
-        if r.env is not None or not isinstance(limit, int):
-            return
-        if r.data.max_prompt_tokens + r.rollout.max_new_tokens <= limit:
-            return  # every prompt that fits data.max_prompt_tokens fits (longer ones fail at the rollout)
-        from rltune.data.prompts import format_prompt
-        from rltune.rollout.hf_engine import PromptTooLongError, _encode
-
-        texts = [format_prompt(p, r.data, self.tok) for p in self.loader.ds[r.data.prompt_column]]
-        texts += list(self.eval_rows.prompts) if self.eval_rows is not None else []
-        lens = [len(ids) for ids in _encode(self.tok, texts)]
-        longest = max(lens, default=0)
-        if longest > r.data.max_prompt_tokens:  # found here, before any step, rather than at the first rollout
-            text = texts[lens.index(longest)]
-            raise PromptTooLongError(f"a prompt has {longest} tokens > data.max_prompt_tokens="
-                                     f"{r.data.max_prompt_tokens}: {text[:80]!r}...; raise data.max_prompt_tokens or "
-                                     "filter long prompts")
-        if longest + r.rollout.max_new_tokens > limit:
-            raise PromptTooLongError(
-                f"the longest prompt ({longest} tokens) + rollout.max_new_tokens={r.rollout.max_new_tokens} exceeds "
-                f"the model's {limit} positions (max_position_embeddings); lower max_new_tokens, shorten or filter "
-                "the prompts, or use a model with more positions")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -430,8 +363,7 @@ class Trainer(RunLoop):
         self.model.save_pretrained(path)
         if self.ahead is not None:
             self.ahead.write(path.parent / "inflight")
-        if self.recipe.cluster.train_ranks:  # the ranks write their shards next to it (a shared filesystem)
-            self.engine.save(path.parent / "deepspeed")
+        self.engine.save(path.parent / "deepspeed")  # training ranks write their shards next to it (shared fs)
 
     def export(self, out: Path) -> None:
         """A servable Hugging Face folder: LoRA adapters are merged into a copy of the base."""
@@ -448,28 +380,14 @@ class Trainer(RunLoop):
         os.replace(tmp, out)
 
 
-class _EvalRows:
-    def __init__(self, prompts: list[str], meta: dict[str, list]):
-        self.prompts, self.meta = prompts, meta
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def __getitem__(self, s: slice) -> dict[str, Any]:
-        return {"prompts": self.prompts[s], "meta": {k: v[s] for k, v in self.meta.items()}}
-
-
 def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False,
                   allow_changes: bool = False):
     """The trainer of the recipe's policy family (model.kind): text LMs here, visual policies in rltune/visual/.
     Every trainer has fit(), step, run_dir, model, best and stopped_by."""
-    kind = recipe.model.kind
-    if kind == "var":
-        from rltune.visual.var_trainer import VarTrainer as cls
-    elif kind == "diffusion":
-        from rltune.visual.diffusion_trainer import DiffusionTrainer as cls
-    else:
-        cls = Trainer
+    import importlib
+
+    module, name = FAMILIES[recipe.model.kind].trainer.split(":")
+    cls = getattr(importlib.import_module(module), name)
     return cls(recipe, base_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
 
 
@@ -477,35 +395,4 @@ def train(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, over
           allow_changes: bool = False) -> dict:
     """Python API: run a recipe to the end; returns the last step's metrics."""
     return build_trainer(recipe, base_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes).fit()
-
-
-def _reward_input(batch: RolloutBatch, step: int) -> RewardInput:
-    return RewardInput(prompts=batch.prompts, completions=batch.completions, completion_ids=batch.completion_ids,
-                       meta=batch.meta, step=step)
-
-
-def _samples(batch: RolloutBatch, raw: torch.Tensor, k: int = 2) -> list[dict[str, Any]]:
-    """The k best and k worst completions of a step, for the run report."""
-    order = torch.argsort(torch.nan_to_num(raw, nan=-float("inf")), descending=True).tolist()
-    pick = order[:k] + [i for i in order[-k:] if i not in order[:k]]
-    return [{"prompt": batch.prompts[i], "completion": batch.completions[i], "reward": finite_or_none(raw[i])}
-            for i in pick]
-
-
-def _flat_groups(raw: torch.Tensor, group_id: torch.Tensor) -> float:
-    flat = []
-    for g in group_id.unique():
-        vals = raw[group_id == g]
-        vals = vals[~torch.isnan(vals)]
-        flat.append(bool(len(vals) == 0 or (vals == vals[0]).all()))
-    return float(np.mean(flat))
-
-
-def _minibatches(n: int, epochs: int, mini_batches: int) -> list[torch.Tensor]:
-    """Row indices of each optimizer step: `epochs` passes over the batch, each cut in order into `mini_batches`."""
-    return [rows for _ in range(epochs) for rows in torch.arange(n).chunk(mini_batches)]
-
-
-def _step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step * 7_919 + 17) % (2**31 - 1)
 

@@ -1,5 +1,5 @@
 """A hang watchdog: when a phase makes no progress for `timeout_s`, dump every thread's stack to the run
-directory and name the phase (PEERS.md §3: hangs at scale are reported with nothing to go on)."""
+directory and name the phase (hangs at scale are otherwise reported with nothing to go on)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
-"""The algorithm core: advantage estimators and losses as pure tensor functions (ARCHITECTURE rule 2)."""
+"""The algorithm core: advantage estimators and losses as pure tensor functions (shapes in each docstring;
+no config objects, no Ray or DeepSpeed), tested loop == vectorized."""
 
 from rltune.algo.advantages import (
     dynamic_sampling_keep,
+    flat_group_frac,
+    flat_groups,
     gae,
     group_mean,
     group_norm,
@@ -34,6 +37,8 @@ __all__ = [
     "AggMode",
     "aggregate",
     "dynamic_sampling_keep",
+    "flat_group_frac",
+    "flat_groups",
     "estimate",
     "gae",
     "global_denominators",

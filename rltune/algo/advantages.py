@@ -1,9 +1,9 @@
-"""Advantage estimators (hook H2): pure tensor functions, no config objects.
+"""Advantage estimators: pure tensor functions, no config objects.
 
 Shapes: N = rows (responses), T = response positions. ``rewards``/``group_id`` are [N]; ``response_mask``
-is [N,T] bool or {0,1}; every [N,T] output is 0 outside the mask. Spec: specs/llm_modifiers.md §2.
+is [N,T] bool or {0,1}; every [N,T] output is 0 outside the mask. Formulas and papers: docs/algorithms.md.
 
-rltune's choices where verl and TRL differ (spec §2.1, §6.4):
+rltune's choices where verl and TRL differ (docs/algorithms.md, "Choices where verl and TRL differ"):
 - A row whose group has fewer than two scorable rewards gets advantage 0 (TRL); verl keeps the raw
   reward. ``singleton_groups`` counts such groups so the trainer can warn.
 - A NaN reward marks an unscorable sample (TRL): it is left out of every statistic and gets advantage 0.
@@ -28,6 +28,8 @@ __all__ = [
     "gae",
     "outcome_to_token_rewards",
     "dynamic_sampling_keep",
+    "flat_groups",
+    "flat_group_frac",
 ]
 
 Scale = Literal["group", "batch", "none"]
@@ -100,7 +102,7 @@ def rloo(rewards: Tensor, group_id: Tensor, response_mask: Tensor) -> Tensor:
     """RLOO: A_i = r_i − mean_{j≠i} r_j over the scorable members of i's group (Ahmadian et al., 2402.14740).
 
     Shapes: rewards [N] (NaN = unscorable), group_id [N], response_mask [N,T] -> advantages [N,T].
-    Rows with NaN reward or without another scorable member are 0 (verl keeps the raw score, §2.5).
+    Rows with NaN reward or without another scorable member are 0 (verl keeps the raw score; docs/algorithms.md).
     """
     _check_rows(rewards, group_id, response_mask)
     r = _float(rewards)
@@ -117,7 +119,8 @@ def reinforce_pp(token_rewards: Tensor, response_mask: Tensor, gamma: float = 1.
 
     G_t = r_t + γ·G_{t+1} over the positions with mask 1; a position with mask 0 (a multi-turn observation token,
     or padding) takes no reward and no discount step and carries the running return through, as `gae` does, so an
-    earlier turn's tokens see the later turns' rewards. verl (VCA:582) instead zeroes the return after a mask-0
+    earlier turn's tokens see the later turns' rewards. verl
+    (`compute_reinforce_plus_plus_outcome_advantage`) instead zeroes the return after a mask-0
     position, which cuts a multi-turn episode at its first observation; both agree on single-turn rows, whose
     mask-0 positions are trailing padding.
     Shapes: token_rewards [N,T] (NaN anywhere in a row = unscorable row), response_mask [N,T]
@@ -139,7 +142,8 @@ def reinforce_pp(token_rewards: Tensor, response_mask: Tensor, gamma: float = 1.
 
 def reinforce_pp_baseline(rewards: Tensor, group_id: Tensor, response_mask: Tensor) -> Tensor:
     """REINFORCE++-baseline: r_i − mean_g broadcast to tokens, then whitened over all batch tokens
-    (verl VCA:422; Hu, 2501.03262). Longer responses weigh more in the whitening statistics.
+    (verl `compute_reinforce_plus_plus_baseline_outcome_advantage`;
+    Hu, 2501.03262). Longer responses weigh more in the whitening statistics.
 
     Shapes: rewards [N] (NaN = unscorable), group_id [N], response_mask [N,T] -> advantages [N,T].
     Rows with NaN reward or in a group with < 2 scorable rewards are excluded from the whitening and 0
@@ -156,7 +160,8 @@ def reinforce_pp_baseline(rewards: Tensor, group_id: Tensor, response_mask: Tens
 
 def gae(token_rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: float = 1.0,
         lam: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Generalized advantage estimation (Schulman et al., 1506.02438) with verl's masking (VCA:214).
+    """Generalized advantage estimation (Schulman et al., 1506.02438) with verl's masking
+    (`compute_gae_advantage_return`).
 
     δ_t = r_t + γV_{t+1} − V_t, A_t = δ_t + γλA_{t+1}. Positions with mask 0 (e.g. tool observations)
     carry the next value and the running A through unchanged. returns = A + V (raw A); then A is
@@ -191,7 +196,7 @@ def gae(token_rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: flo
 
 
 def outcome_to_token_rewards(rewards: Tensor, response_mask: Tensor) -> Tensor:
-    """Place each row's scalar reward on its last valid token (verl DAPORewardManager, spec §1).
+    """Place each row's scalar reward on its last valid token (verl DAPORewardManager; docs/algorithms.md).
 
     Shapes: rewards [N], response_mask [N,T] -> token_rewards [N,T]. NaN is kept (the token estimators
     treat the row as unscorable); a row without valid tokens is all 0.
@@ -206,22 +211,36 @@ def outcome_to_token_rewards(rewards: Tensor, response_mask: Tensor) -> Tensor:
     return out.scatter(1, last.clamp_min(0)[:, None], src[:, None])
 
 
+def flat_groups(rewards: Tensor, group_id: Tensor) -> Tensor:
+    """[N] bool: the row's group has a constant reward over its scorable (non-NaN) rows, so group-relative
+    advantages give it no signal. A group with no scorable row counts as flat. Exact comparison (max == min, no
+    tolerance), so [0.1]*3 is flat despite float rounding. Shapes: rewards [N], group_id [N] -> [N] bool."""
+    r = _float(rewards)
+    uniq, inv = torch.unique(group_id, return_inverse=True)
+    ok = ~torch.isnan(r)
+    inf = torch.full_like(r, float("inf"))
+    hi = torch.full((uniq.numel(),), -float("inf"), dtype=r.dtype, device=r.device).scatter_reduce(
+        0, inv, torch.where(ok, r, -inf), reduce="amax")
+    lo = torch.full((uniq.numel(),), float("inf"), dtype=r.dtype, device=r.device).scatter_reduce(
+        0, inv, torch.where(ok, r, inf), reduce="amin")
+    return ~(hi > lo)[inv]  # hi < lo: no scorable row in the group
+
+
+def flat_group_frac(rewards: Tensor, group_id: Tensor) -> float:
+    """Fraction of the groups that are flat (see flat_groups); 0.0 for an empty batch."""
+    uniq, inv = torch.unique(group_id, return_inverse=True)
+    per_group = torch.zeros(uniq.numel(), dtype=torch.bool, device=group_id.device).scatter_(
+        0, inv, flat_groups(rewards, group_id))
+    return float(per_group.double().mean()) if uniq.numel() else 0.0
+
+
 def dynamic_sampling_keep(raw_rewards: Tensor, group_id: Tensor) -> tuple[Tensor, list[int]]:
     """DAPO dynamic sampling filter (Yu et al., 2503.14476 §3.2): keep a group only if its rewards differ.
 
-    Pass the **raw** (unshaped) metric (spec §1 step 3). NaN rewards are ignored; a group needs two
-    scorable rewards that differ. Exact max > min comparison, so [0.1]*3 is flat despite float rounding.
-    verl also keeps single-sample groups; we drop them since they get advantage 0 here anyway.
+    Pass the **raw** (unshaped) metric (docs/concepts.md, "Raw and shaped rewards"). NaN rewards are ignored; a
+    group needs two scorable rewards that differ (not flat_groups). verl also keeps single-sample groups; we drop
+    them since they get advantage 0 here anyway.
     Shapes: raw_rewards [N], group_id [N] -> (keep [N] bool per row, sorted list of kept group ids).
     """
-    r = _float(raw_rewards)
-    uniq, inv = torch.unique(group_id, return_inverse=True)
-    valid = ~torch.isnan(r)
-    inf = torch.full_like(r, float("inf"))
-    g = uniq.numel()
-    gmax = torch.full((g,), -float("inf"), dtype=r.dtype, device=r.device).scatter_reduce(
-        0, inv, torch.where(valid, r, -inf), reduce="amax")
-    gmin = torch.full((g,), float("inf"), dtype=r.dtype, device=r.device).scatter_reduce(
-        0, inv, torch.where(valid, r, inf), reduce="amin")
-    keep_group = gmax > gmin
-    return keep_group[inv], uniq[keep_group].tolist()
+    keep = ~flat_groups(raw_rewards, group_id)
+    return keep, torch.unique(group_id[keep]).tolist()

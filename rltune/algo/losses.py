@@ -1,8 +1,8 @@
-"""Policy, KL and value losses and their aggregation (hooks H5/H6): pure tensor functions.
+"""Policy, KL and value losses and their aggregation : pure tensor functions.
 
 Shapes: N = rows (responses), T = response positions. Per-token losses are [N,T]; ``response_mask``
 is [N,T] bool or {0,1}. Loss functions return per-token losses; ``aggregate`` reduces them to a scalar.
-Spec: specs/llm_modifiers.md §2.2–2.10.
+Formulas and papers: docs/algorithms.md.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _safe(d: Tensor | float, like: Tensor) -> Tensor:
 
 def aggregate(losses: Tensor, mask: Tensor, mode: AggMode, *, num_seqs: Tensor | float | None = None,
               num_tokens: Tensor | float | None = None, scale_constant: float | None = None) -> Tensor:
-    """Reduce per-token losses [N,T] to a scalar (verl ``agg_loss``, VCA:1025; spec §2.9).
+    """Reduce per-token losses [N,T] to a scalar (verl ``agg_loss``; docs/algorithms.md, Aggregation).
 
     M = mask, ℓ = losses, S = number of rows with at least one M token (fully masked rows do not count,
     as verl), L = ``scale_constant`` (default T):
@@ -102,7 +102,7 @@ def aggregate(losses: Tensor, mask: Tensor, mode: AggMode, *, num_seqs: Tensor |
 # ------------------------------------------------------------------------------------------ policy loss
 def ppo_clip_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_low: float = 0.2,
                   clip_high: float = 0.2, dual_clip_c: float | None = None) -> tuple[Tensor, Tensor]:
-    """PPO clipped surrogate per token (Schulman et al., 1707.06347; verl vanilla, VCA:1159).
+    """PPO clipped surrogate per token (Schulman et al., 1707.06347; verl `compute_policy_loss_vanilla`).
 
     ρ = exp(clamp(logπ − logπ_old, −20, 20)); ℓ = max(−Aρ, −A·clip(ρ, 1−ε_low, 1+ε_high)).
     Dual clip (Ye et al., 1912.09729), only when ``dual_clip_c`` (> 1) is set: for A < 0,
@@ -127,7 +127,7 @@ def ppo_clip_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, cl
 
 def gspo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, response_mask: Tensor,
               clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
-    """GSPO sequence-ratio clipped loss per token (Zheng et al., 2507.18071; verl VCA:1253).
+    """GSPO sequence-ratio clipped loss per token (Zheng et al., 2507.18071; verl `compute_policy_loss_gspo`).
 
     s_i = exp(mean_t over mask of (logπ − logπ_old)); the token view s_{i,t} = sg[s_i]·π_t/sg[π_t] has the
     value s_i and gradient s_i·∇logπ_t. The log ratio is clamped above at 10 (verl).
@@ -157,7 +157,7 @@ def _kl_value(x: Tensor, kind: str) -> Tensor:
     if kind == "k2":
         return 0.5 * x.square()
     if kind == "k3":
-        # verl clamps (VCA:1867): exp(±20) stays finite, and the estimate stays within ±10.
+        # verl clamps (`kl_penalty_forward`, low_var_kl): exp(±20) stays finite, and the estimate stays within ±10.
         neg = torch.clamp(-x, -20.0, 20.0)
         return torch.clamp(torch.exp(neg) - neg - 1.0, -10.0, 10.0)
     raise ValueError(f"unknown KL estimator {kind!r}; valid: k1, k2, k3, abs (optionally with a '+' suffix)")
@@ -167,7 +167,7 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k3") -> Tens
     """Per-token KL(π_θ‖π_ref) estimate with x = logπ_θ − logπ_ref (Schulman 2020 "Approximating KL").
 
     kind: "k1" = x, "abs" = |x|, "k2" = ½x², "k3" = e^{−x} + x − 1 (verl clamps). A "+" suffix ("k3+")
-    keeps the forward value but takes the gradient of k2 (straight-through, verl VCA:1841), since k2's
+    keeps the forward value but takes the gradient of k2 (straight-through, verl `kl_penalty`), since k2's
     gradient is the unbiased one. verl names "kl", "mse", "low_var_kl" are accepted too.
     Shapes: logprobs, ref_logprobs [N,T] -> [N,T].
     """
@@ -186,7 +186,7 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, response_mas
                clip: float | None = 0.5, agg: AggMode = "token-mean", *,
                num_seqs: Tensor | float | None = None, num_tokens: Tensor | float | None = None,
                scale_constant: float | None = None) -> Tensor:
-    """Clipped critic loss ½·agg(max((V−R)², (V_clip−R)²)), V_clip = clip(V, V_old ± clip) (verl VCA:1799).
+    """Clipped critic loss ½·agg(max((V−R)², (V_clip−R)²)), V_clip = clip(V, V_old ± clip) (verl `compute_value_loss`).
 
     Shapes: values (with grad), old_values, returns, response_mask [N,T] -> scalar. ``clip=None``
     disables clipping. The keyword denominators are passed to ``aggregate`` (micro-batch invariance).

@@ -62,7 +62,7 @@ class LoraConfig(Section):
 
 
 class TinyDenoiserConfig(Section):
-    """A random-init tiny diffusers UNet (spec visual_modifiers.md §5 fixture), optionally pre-trained in-process on
+    """A random-init tiny diffusers UNet (the CPU fixture of docs/diffusion.md), optionally pre-trained in-process on
     synthetic images (flat colour + coloured square) and cached by config hash under $RLTUNE_CACHE."""
 
     sample_size: PositiveInt = Field(16, description="Image side in pixels (pixel-space model, 3 channels).")
@@ -70,7 +70,7 @@ class TinyDenoiserConfig(Section):
     conditional: bool = Field(False, description="UNet2DConditionModel + a frozen byte-level text encoder (prompts "
                               "condition the model, CFG applies); false = unconditional UNet2DModel.")
     cross_attention_dim: PositiveInt = 32
-    pretrain_steps: int = Field(400, ge=0, description="Synthetic pre-training steps (spec §2.5: 400 ≈ 25 s on "
+    pretrain_steps: int = Field(400, ge=0, description="Synthetic pre-training steps (400 ≈ 25 s on "
                                 "2 cores); 0 = random init.")
     pretrain_batch: PositiveInt = 32
     pretrain_lr: PositiveFloat = 2e-3

@@ -17,6 +17,7 @@ class PromptBatch:
     prompts: list[str]                      # [B] prompt text as fed to the tokenizer (templated)
     meta: dict[str, list[Any]]              # dataset columns, each [B]
     hints: list[list[str]] | None = None    # [B][G] forced response prefix per sample (ADHint); "" = none
+    plan: Any = None                        # a typed rollout plan for the family's sampler (VAR: var_plan.RolloutPlan)
 
     def __len__(self) -> int:
         return len(self.prompts)

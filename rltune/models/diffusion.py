@@ -1,6 +1,6 @@
 """Diffusion policy on `diffusers`: a denoiser (UNet) + noise schedule that samples with or without gradient.
 
-Two parameterisations (spec visual_modifiers.md §2.2, §3.2):
+Two parameterisations (docs/diffusion.md):
   * `ddim`: ε-prediction on a DDPM schedule, x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, sampled with DDIM (Song et al.
     eq. 12);
   * `flow`: velocity prediction (rectified flow), x_σ = (1−σ) x_0 + σ ε, v ≈ ε − x_0, Euler ODE steps on the
@@ -9,9 +9,9 @@ A rollout records every latent of the chain ([T+1,N,...]) and the DDIM variance 
 modifier can re-run any suffix of the chain *with* gradient and land on exactly the same sample (AlignProp's
 truncated backprop: steps before the truncation point carry no gradient, so starting from the recorded latent
 is equivalent). Images leave the policy as [N,3,H,W] in ≈[0,1], never clamped (clamping kills the gradient on
-saturated pixels, spec §2.4).
+saturated pixels, docs/diffusion.md).
 
-Models: a tiny UNet built from config (optionally pre-trained in-process on synthetic images, spec §2.5), or a
+Models: a tiny UNet built from config (optionally pre-trained in-process on synthetic images, docs/diffusion.md), or a
 Stable Diffusion 1.5 / SDXL diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/, for SDXL also
 text_encoder_2/, tokenizer_2/) loaded from a local path, or a FLUX.1-layout folder (transformer/ = a
 FluxTransformer2DModel, velocity prediction; the FLUX specifics live in diffusion_flux.FluxAdapter).
@@ -46,7 +46,7 @@ def ddim_step(x: Tensor, eps: Tensor, a_t: float | Tensor, a_prev: float | Tenso
     the stochastic part (0 = deterministic ODE, 1 = DDPM-like; AlignProp rolls out with eta = 1).
         x̂_0 = (x − √(1−ᾱ_t) ε)/√ᾱ_t,  σ = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_prev)
         x_prev = √ᾱ_prev x̂_0 + √(1−ᾱ_prev−σ²) ε + σ z
-    No clipping of x̂_0: it would zero the gradient (spec §2.4).
+    No clipping of x̂_0: it would zero the gradient (docs/diffusion.md).
     """
     a_t, a_prev = torch.as_tensor(a_t, dtype=x.dtype), torch.as_tensor(a_prev, dtype=x.dtype)
     x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
@@ -78,7 +78,7 @@ def cfg_combine(uncond: Tensor, cond: Tensor, scale: float) -> Tensor:
 # ------------------------------------------------------------------------------------------ tiny models
 PRETRAIN_VERSION = 1  # part of the cache key of pre-trained tiny weights: bump when pretrain_tiny changes
 def tiny_denoiser(cfg: Any, seed: int = 0) -> nn.Module:
-    """The spec's tiny UNet (§5 fixtures; 16×16×3): UNet2DModel, or UNet2DConditionModel when cfg.conditional."""
+    """The tiny CPU UNet (docs/diffusion.md; 16×16×3): UNet2DModel, or UNet2DConditionModel when cfg.conditional."""
     from diffusers import UNet2DConditionModel, UNet2DModel
 
     torch.manual_seed(seed)
@@ -113,7 +113,7 @@ class TinyTextEncoder(nn.Module):
 
 
 def synthetic_images(n: int, size: int, g: torch.Generator) -> Tensor:
-    """[n,3,size,size] in [−1,1]: a flat random colour plus a random-coloured square (spec §2.5 data)."""
+    """[n,3,size,size] in [−1,1]: a flat random colour plus a random-coloured square (the CPU fixture's data)."""
     x = (torch.rand(n, 3, 1, 1, generator=g) * 2 - 1).expand(n, 3, size, size).clone()
     lo, hi = max(1, size // 4), max(2, size // 2 + 1)
     for b in range(n):
@@ -124,7 +124,7 @@ def synthetic_images(n: int, size: int, g: torch.Generator) -> Tensor:
 
 
 def pretrain_tiny(net: nn.Module, kind: str, cfg: Any, seed: int = 0, text: TinyTextEncoder | None = None) -> None:
-    """Fit the tiny UNet to the synthetic images for cfg.pretrain_steps (spec §2.5: 400 steps ≈ 25 s on 2 cores):
+    """Fit the tiny UNet to the synthetic images for cfg.pretrain_steps (400 steps ≈ 25 s on 2 cores):
     ε-loss on the DDPM schedule for `ddim`, velocity loss (v = ε − x_0, timestep σ·1000) for `flow`."""
     from diffusers import DDPMScheduler
 
@@ -260,7 +260,7 @@ class DiffusionPolicy(nn.Module):
 
     def _encode(self, prompts: list[str]) -> Cond:
         if self.adapter is not None:
-            return self.adapter.encode(self, prompts)
+            return Cond(*self.adapter.encode(self, prompts))
         to = lambda t: t.to(self.device, self.dtype)  # noqa: E731
         if self.tokenizer is None:
             return Cond(to(self.text_encoder(prompts)))
@@ -275,7 +275,7 @@ class DiffusionPolicy(nn.Module):
     def model_output(self, x: Tensor, i: int, cond: Cond | None, uncond: Cond | None) -> Tensor:
         """Denoiser output (ε for ddim, v for flow) at chain step i, with CFG when `uncond` is given.
         x: [N,C,h,w] -> [N,C,h,w]. The two CFG halves run as one doubled batch (diffusers' convention), so a
-        truncation detaches both halves together (spec §2.4)."""
+        truncation detaches both halves together (docs/diffusion.md)."""
         return self.predict_at(x, self.timesteps[i], cond, uncond)
 
     def predict_at(self, x: Tensor, t: Tensor, cond: Cond | None, uncond: Cond | None) -> Tensor:
@@ -318,7 +318,7 @@ class DiffusionPolicy(nn.Module):
             with torch.no_grad():
                 return self.model_output(x, i, cond, uncond)
         if self.gradient_checkpointing:
-            # Recompute this step's activations in backward: memory O(1) in the number of grad steps (paper §3.3).
+            # Recompute this step's activations in backward: memory O(1) in the number of grad steps (2310.03739 §3.3).
             return checkpoint(self.model_output, x, i, cond, uncond, use_reentrant=False)
         return self.model_output(x, i, cond, uncond)
 
@@ -346,7 +346,8 @@ class DiffusionPolicy(nn.Module):
         """Re-run chain steps start..T−1 from the recorded latents[start] with the recorded noise; step i keeps its
         graph where grad_steps[i] (len T), else its model output is computed without grad (AlignProp's detach).
         Returns x_0 latents [N,C,h,w]; equal to the rollout's x_0 up to float noise. Steps before `start` are
-        not re-run: with no grad there, starting from the recorded latent gives the same gradient (§2.2)."""
+        not re-run: with no grad there, starting from the recorded latent gives the same gradient
+        (docs/diffusion.md)."""
         x = ro.latents[start]
         for i in range(start, self.num_steps):
             out = self._call(x, i, ro.cond, ro.uncond, grad=bool(grad_steps[i]))
@@ -470,7 +471,7 @@ def _tiny_scheduler():
 
 def _load_folder(path: str | None, d: Any):
     """A diffusers folder in the SD 1.5 layout, or SDXL's (+ text_encoder_2/, tokenizer_2/). DDIM's clip_sample
-    is forced off: clipping zeroes gradients (§2.4)."""
+    is forced off: clipping zeroes gradients (docs/diffusion.md)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 

@@ -72,16 +72,14 @@ class FluxAdapter:
         tok = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
         return tok.input_ids.to(device)
 
-    def encode(self, policy: Any, prompts: list[str]) -> Any:
-        """-> Cond(emb = T5 last hidden states [N,L,D_t5], pooled = CLIP pooled output [N,D_clip])."""
-        from rltune.models.diffusion import Cond
-
+    def encode(self, policy: Any, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """-> (T5 last hidden states [N,L,D_t5], CLIP pooled output [N,D_clip]): the policy's Cond(emb, pooled)."""
         clip, t5 = policy.text_encoder, policy.text_encoder_2
         clip_ids = self._ids(policy.tokenizer, prompts, policy.tokenizer.model_max_length, clip.device)
         pooled = clip(clip_ids, output_hidden_states=False).pooler_output
         t5_len = min(self.max_sequence_length, policy.tokenizer_2.model_max_length)
         emb = t5(self._ids(policy.tokenizer_2, prompts, t5_len, t5.device), output_hidden_states=False)[0]
-        return Cond(emb.to(policy.device, policy.dtype), pooled.to(policy.device, policy.dtype))
+        return emb.to(policy.device, policy.dtype), pooled.to(policy.device, policy.dtype)
 
     def forward(self, transformer: nn.Module, x: Tensor, t: Tensor, c: Any) -> Tensor:
         """Velocity [N,C,h,w] of the latents x [N,C,h,w] at model timesteps t [N] (σ·1000) under condition c."""

@@ -5,7 +5,7 @@ Token layout (every tensor below): an image is a pyramid of token maps r_1..r_S 
 fine). A sample is one row of T = Σ_t h_t·w_t tokens, scale after scale, each map row-major. Scale t occupies
 columns [offsets[t], offsets[t+1]). Teacher-forcing logits are aligned with the tokens they *predict*: logits
 [:, j] predict token j, so per-scale weights (PANW, masks) attach to the logits of the scale they predict
-(spec visual_modifiers.md §1.7, "teacher-forcing shift"; the 1×1 map is predicted from the class/start token).
+(docs/var.md, "Token layout and the teacher-forcing shift"; the 1×1 map is predicted from the class/start token).
 
 A policy is block-causal: the logits of scale t depend only on the condition and the tokens of scales < t. The
 sampler relies on it to draw scale after scale with the same teacher-forcing forward, so any model that provides
@@ -87,7 +87,7 @@ class VarPolicy(nn.Module):
 
 # ------------------------------------------------------------------------------------------ tiny model
 class TinyVAR(VarPolicy):
-    """A VAR-like toy for CPU tests and demos (spec §1.8, own design): a frozen random codebook [V,C]; the image
+    """A VAR-like toy for CPU tests and demos (docs/var.md, The CPU toy): a frozen random codebook [V,C]; the image
     feature is the VAR residual sum f = Σ_t nearest-upsample(codebook[r_t]) on the finest grid; scale t's logits
     are an MLP of the area-downsampled f of scales < t plus position, scale and class embeddings (sites are
     independent within a scale, as VAR's are given the previous scales). `decode` shows f with `patch`×`patch`
@@ -187,12 +187,12 @@ def sample_var(policy: VarPolicy, cond: Tensor, *, temperature: float = 1.0, top
 
     Args:
         cond [N] long class labels. prefix [N,T] long: its scales < `start_scale` are kept (a stored state s_m,
-            spec §1.3.2); the rest is sampled. stop_scale: sample only scales < stop_scale (a prefix; later
+            docs/var.md, VMR); the rest is sampled. stop_scale: sample only scales < stop_scale (a prefix; later
             tokens stay 0 with log-prob 0). temperature, top_k, top_p: per-site sampling. cfg: guidance weight
-            w on logits u + w·(c − u) (1 = off; the paper samples with 5, top-k 2, top-p 0.9, §4.1).
+            w on logits u + w·(c − u) (1 = off; the paper samples with 5, top-k 2, top-p 0.9, arXiv 2601.02256 §4.1).
     Returns VarSample: `logprobs` are those of the plain policy — the distribution the training forward computes
-    (no CFG in training, §1.4) — so the PPO ratio starts at 1; the sampled distribution's are kept apart for
-    diagnostics (the gap is the off-policyness the paper leaves uncorrected, §1.5).
+    (no CFG in training, 2601.02256 §4.1) — so the PPO ratio starts at 1; the sampled distribution's are kept apart for
+    diagnostics (the gap is the off-policyness the paper leaves uncorrected; docs/var.md).
     """
     N, T, S = cond.shape[0], policy.num_tokens, len(policy.scales)
     off = scale_offsets(policy.scales)
@@ -220,7 +220,7 @@ def sample_var(policy: VarPolicy, cond: Tensor, *, temperature: float = 1.0, top
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
-    """logits [N,T,V], tokens [N,T] -> log-probs [N,T] (fp32, spec §1.7)."""
+    """logits [N,T,V], tokens [N,T] -> log-probs [N,T] (fp32, docs/var.md)."""
     return logits.float().log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
 
 
@@ -230,8 +230,8 @@ class OfficialVAR(VarPolicy):
 
     Teacher forcing goes through `vae.quantize.idxBl_to_var_input` and `VAR.forward(label_B, x_BLCv_wo_first_l)`,
     which is block-causal (its attn_bias_for_masking), so `sample_var` can drive it scale by scale without the KV
-    cache. The training forward must not drop the class at random, so `cond_drop_rate` is set to 0 (spec §1.4:
-    no CFG in the training forward). The VQVAE stays frozen. Images are returned in [0, 1].
+    cache. The training forward must not drop the class at random, so `cond_drop_rate` is set to 0 (arXiv 2601.02256
+    §4.1: no CFG in the training forward). The VQVAE stays frozen. Images are returned in [0, 1].
     """
 
     def __init__(self, vae: nn.Module, var: nn.Module):

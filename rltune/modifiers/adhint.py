@@ -1,4 +1,4 @@
-"""ADHint: adaptive hints with difficulty priors (arXiv 2512.13095). Spec: specs/llm_modifiers.md §5.
+"""ADHint: adaptive hints with difficulty priors (arXiv 2512.13095); docs/modifiers.md, ADHint.
 
 A hint is a prefix of the reference solution forced into the response; the policy writes the rest. Three parts:
 - AH-SDP (``on_prompts``) [S]: probe n_probe hint-free samples per prompt, Diff_N = 1 − mean reward; n_hint of
@@ -10,9 +10,9 @@ A hint is a prefix of the reference solution forced into the response; the polic
 - CGM and selective masking (``token_weights``) [INFERRED weight]: hint token j of row i gets
   c_j = min(1, H̄_cont,i/(H_j + 1e-6)) (``cgm="ratio"``) or exp(−λ_c·max(0, H_j − H̄_cont,i)) (``"exp"``),
   H̄_cont,i the mean entropy of the row's own continuation; continuation tokens keep weight 1. Hint tokens
-  with a negative advantage leave the loss (mask False, §6.3) so a correct prefix is never pushed down.
+  with a negative advantage leave the loss (mask False: docs/algorithms.md) so a correct prefix is never pushed down.
 Hint tokens have rollout log-prob 0, but because ADHint requires "entropy" the trainer recomputes the old
-log-probs over the whole sequence, so the PPO ratios on hint tokens are right (§5.2).
+log-probs over the whole sequence, so the PPO ratios on hint tokens are right (docs/modifiers.md, ADHint).
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ HOOKS = (
     "on_step_end",
 )
 # Capabilities the trainer can provide on request (`requires`): computed only when a modifier asks.
+# Which family provides which is in its support manifest (rltune/families.py); this is their union.
 CAPABILITIES = frozenset({"entropy", "old_logprobs", "ref_logprobs", "rollout_logprobs", "probe", "step_idx",
-                          "images"})
+                          "images", "var_layout"})
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class StepState:
     total_steps: int = 0
 
     def generator(self, salt: int = 0) -> torch.Generator:
-        """A generator seeded by (seed, step, rank, salt): deterministic, different per rank (ReDit §3)."""
+        """A generator seeded by (seed, step, rank, salt): deterministic, different per rank (docs/modifiers.md)."""
         return torch.Generator().manual_seed(((self.seed * 1_000_003 + self.step) * 65_537 + self.rank) * 31 + salt)
 
 
@@ -135,7 +136,10 @@ class Modifier:
         return advantages
 
     def token_weights(self, ctx: LossContext) -> TokenWeights | None:
-        """Per-token weights/masks of the policy loss for one micro-batch."""
+        """Per-token weights/masks of the policy loss, computed once per step for the WHOLE batch (ctx.rows =
+        all N rows, before the update), so that the loss's token counts do not depend on the micro-batch split.
+        ctx.logprobs and ctx.old_logprobs are both the old policy's (or the rollout's) log-probs, detached: no
+        gradient flows through a weight. The trainer slices the result per micro-batch."""
         return None
 
     def extra_loss(self, ctx: LossContext) -> dict[str, torch.Tensor]:

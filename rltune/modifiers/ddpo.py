@@ -64,7 +64,8 @@ class DDPO(Modifier):
         from rltune.visual.diffusion_context import DiffusionLossContext
 
         if not isinstance(ctx, DiffusionLossContext):
-            return {}
+            raise TypeError(f"{type(self).__name__} runs in the diffusion trainer only (got {type(ctx).__name__}); "
+                            "`rltune validate` refuses it for other model.kind values")
         pol, ro = ctx.policy, ctx.rollout
         if pol.kind != "ddim" or ro.step_noise is None or ctx.advantages is None:
             raise ValueError("ddpo needs a stochastic DDIM rollout (model.diffusion.scheduler: ddim, eta > 0) and "

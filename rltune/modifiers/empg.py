@@ -1,5 +1,5 @@
 """EMPG: Entropy-Modulated Policy Gradients (Wang et al., "Harnessing Uncertainty: Entropy-Modulated Policy
-Gradients for Long-Horizon LLM Agents", arXiv 2509.09265, ICLR 2026). Spec: specs/llm_modifiers.md §4,
+Gradients for Long-Horizon LLM Agents", arXiv 2509.09265, ICLR 2026). docs/modifiers.md, EMPG;
 formulas as restated by ARLArena (arXiv 2602.21534, App. A.3.2, Eqs. S20–S23).
 
 Per step t of trajectory i, with H_{i,t} the mean token entropy of the step (response tokens only):

@@ -1,5 +1,5 @@
 """ReDit: reward dithering (Wei et al., "ReDit: Reward Dithering for Improved LLM Policy Optimization",
-arXiv 2506.18631, NeurIPS 2025). Spec: specs/llm_modifiers.md §3.
+arXiv 2506.18631, NeurIPS 2025); docs/modifiers.md, ReDit.
 
 Discrete rule-based rewards (0/1 correctness) give flat groups with zero gradient and rare jumps with gradient
 spikes. ReDit adds zero-mean noise to every response's scalar reward before the advantage estimator:
@@ -8,12 +8,12 @@ spikes. ReDit adds zero-mean noise to every response's scalar reward before the 
 
 with σ = sigma·(reward_range[1] − reward_range[0]). One draw per response per step (never per token) from
 ``StepState.generator``, so a draw is fixed by (seed, step, rank). The raw reward stays untouched in the
-context: the trainer keeps it for logging and filtering, and ADHint's difficulty uses it (§6.1).
+context: the trainer keeps it for logging and filtering, and ADHint's difficulty uses it (docs/algorithms.md).
 
 Paper-faithful as far as known: Gaussian, constant σ. [INFERRED]: the reward-range scaling of σ, the
 ``linear_decay``/``cosine_decay`` schedules (the paper ablates schedules but which ones is unconfirmed) and
 ``flat_group_scale`` (under GRPO's std division a flat group's advantage (ε−ε̄)/std(ε) has unit scale whatever
-σ is, §3 "Interaction with group normalization"; < 1 shrinks that noise, 1.0 = the paper).
+σ is; < 1 shrinks that noise, 1.0 = the paper).
 """
 
 from __future__ import annotations
@@ -24,25 +24,12 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
+from rltune.algo.advantages import flat_group_frac, flat_groups
 from rltune.modifiers.base import Modifier, RewardContext
 
-__all__ = ["ReDit", "dither", "flat_groups", "scheduled_sigma", "draw_noise"]
+__all__ = ["ReDit", "dither", "scheduled_sigma", "draw_noise"]
 
 _SALT = 0x5ED17  # keeps ReDit's stream apart from other modifiers' draws at the same (seed, step, rank)
-
-
-def flat_groups(rewards: Tensor, group_id: Tensor) -> Tensor:
-    """[N] bool: the row's group has a constant raw reward over its scorable (non-NaN) rows.
-
-    A group with no scorable row counts as flat. Exact comparison (max == min), no tolerance.
-    """
-    uniq, inv = torch.unique(group_id, return_inverse=True)
-    ok = ~torch.isnan(rewards)
-    hi = torch.full((uniq.numel(),), -math.inf, dtype=rewards.dtype).scatter_reduce(
-        0, inv, torch.where(ok, rewards, torch.full_like(rewards, -math.inf)), "amax")
-    lo = torch.full((uniq.numel(),), math.inf, dtype=rewards.dtype).scatter_reduce(
-        0, inv, torch.where(ok, rewards, torch.full_like(rewards, math.inf)), "amin")
-    return ((hi == lo) | (hi < lo))[inv]  # hi < lo: no scorable row in the group
 
 
 def dither(rewards: Tensor, eps: Tensor, group_id: Tensor | None = None, flat_group_scale: float = 1.0) -> Tensor:
@@ -119,12 +106,12 @@ class ReDit(Modifier):
                                 st.step, st.total_steps)
         gid = ctx.batch.group_id
         flat = flat_groups(ctx.raw_rewards.double(), gid)
-        self._metrics = {"sigma": sigma, "flat_group_frac": _group_frac(flat, gid)}
+        self._metrics = {"sigma": sigma, "flat_group_frac": flat_group_frac(ctx.raw_rewards, gid)}
         if sigma == 0.0:
             self._metrics["noise_std"] = 0.0
             return rewards.clone()
         eps = draw_noise(rewards.shape[0], sigma, self.distribution, st.generator(_SALT))
-        # Flatness is judged on the raw reward (§6.1), even if an earlier modifier already shaped `rewards`.
+        # Flatness is judged on the raw reward (docs/algorithms.md), even if an earlier modifier shaped `rewards`.
         eps = torch.where(flat, eps * self.flat_group_scale, eps)
         out = dither(rewards.double(), eps).to(rewards.dtype)
         ok = ~torch.isnan(rewards)
@@ -135,9 +122,3 @@ class ReDit(Modifier):
         out, self._metrics = self._metrics, {}
         return out
 
-
-def _group_frac(row_flag: Tensor, group_id: Tensor) -> float:
-    """Fraction of groups whose (constant-within-group) flag is True."""
-    uniq, inv = torch.unique(group_id, return_inverse=True)
-    per_group = torch.zeros(uniq.numel(), dtype=torch.bool).scatter_(0, inv, row_flag)
-    return float(per_group.double().mean()) if uniq.numel() else 0.0

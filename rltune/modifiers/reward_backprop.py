@@ -1,18 +1,18 @@
-"""Reward backprop through the sampler: AlignProp and Direct-Align/SRPO (spec visual_modifiers.md §2, §3).
+"""Reward backprop through the sampler: AlignProp and Direct-Align/SRPO (docs/diffusion.md).
 
 Both contribute an `extra_loss` computed from the diffusion trainer's no-grad rollout through the policy handle
-in `DiffusionLossContext` (they return {} on any other context, e.g. a text trainer's LossContext):
+in `DiffusionLossContext` (any other context is a TypeError; `rltune validate` refuses them elsewhere):
 
   * AlignProp (Prabhudesai et al., arXiv 2310.03739): re-run the last K denoising steps from the recorded
     latent with gradient (checkpointed), decode, loss = −R (or |R − target|, 1 − R), into the LoRA weights.
-    Randomised truncation, three published semantics (§2.2, §6.4): `gaussian` (official default: the
+    Randomised truncation, three published semantics (docs/diffusion.md, AlignProp): `gaussian` (official default: the
     truncation index b ~ N(0.84·T, 0.1·T) once per rollout, i.e. 42±5 of 50), `uniform` (paper: K uniform),
     `fixed` (b = T−1: K = 1), `full` (K = T), and `per_step` (TRL: a fresh threshold at every step, so the
     kept steps need not be contiguous).
   * Direct-Align (Shen et al., arXiv 2509.06942): re-noise the rollout's clean x_0 with its known initial noise
     ε at σ_hi, take one model step to σ_lo, recover x̂_0 by interpolation with the known ε, score it; SRPO's
     relative reward s·f̂_img·((1+k)·f̂_txt(word. prompt) − f̂_txt(other word. prompt)), plus the inversion
-    branch with roles swapped. σ grid, k, index and discount logic follow SRPO.py exactly (§3.2).
+    branch with roles swapped. σ grid, k, index and discount logic follow SRPO.py exactly (docs/diffusion.md).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ __all__ = ["AlignProp", "DirectAlign", "truncation_index", "grad_step_mask", "al
 
 _SALT_ALIGNPROP, _SALT_DIRECT = 0xA11C9, 0xD1AE7
 
-# SRPO.py control words, cycled by step index (§3.2)
+# SRPO.py control words, cycled by step index (SRPO, arXiv 2509.06942)
 REALISM_WORDS = ("Natural-lighting", "Detail", "Detailed", "Real")
 CG_WORDS = ("Concept art", "Painting", "Anime", "Flat", "Oil")
 
@@ -96,7 +96,7 @@ def alignprop_loss(r: Tensor, kind: str = "neg", target: float | None = None) ->
 
 
 class AlignProp(Modifier):
-    """End-to-end reward gradient through the last K DDIM steps (§2). `loss_coeff` 0.01 as the official code."""
+    """End-to-end reward gradient through the last K DDIM steps (2310.03739). `loss_coeff` 0.01 as the official code."""
 
     requires = frozenset({"images"})
 
@@ -118,7 +118,8 @@ class AlignProp(Modifier):
         from rltune.visual.diffusion_context import DiffusionLossContext
 
         if not isinstance(ctx, DiffusionLossContext):
-            return {}
+            raise TypeError(f"{type(self).__name__} runs in the diffusion trainer only (got {type(ctx).__name__}); "
+                            "`rltune validate` refuses it for other model.kind values")
         T = ctx.policy.num_steps
         # One draw per sampling call (= micro-batch), seeded by (seed, step, rank, first row): reproducible.
         g = ctx.state.generator(_SALT_ALIGNPROP + int(ctx.rows[0]))
@@ -137,7 +138,7 @@ class AlignProp(Modifier):
 
 # ------------------------------------------------------------------------------------------ Direct-Align
 def srpo_indices(sel: int, L: int = 1000, ratio: float = 0.9) -> tuple[int, tuple[int, int, int], tuple[int, int, int]]:
-    """SRPO.py's index logic (§3.2). sel ∈ [5, L−5]; k = int((1 − ratio)·L) + 1 clipped to min(L−sel, k, sel)
+    """SRPO.py's index logic (2509.06942). sel ∈ [5, L−5]; k = int((1 − ratio)·L) + 1 clipped to min(L−sel, k, sel)
     (for ratio 0.9 this is 100, not 101: (1 − 0.9)·1000 = 99.99999999999997 in floating point).
     -> (k, (mid, i_hi, i_lo) of the denoise branch, (mid, i_hi, i_lo) of the inversion branch), grid indices."""
     k = min(L - sel, int((1 - ratio) * L) + 1, sel)
@@ -148,7 +149,7 @@ def srpo_indices(sel: int, L: int = 1000, ratio: float = 0.9) -> tuple[int, tupl
 def srpo_sigma_grid(L: int = 1000, train_timestep: tuple[int, int] = (5, 25), vis_steps: int = 50,
                     shift: float = 3.0, sigma_range: tuple[float, float] | None = None) -> Tensor:
     """[L] decreasing σ grid: linspace(s[a], s[b], L) on the shifted schedule s of vis_steps (default (5, 25)
-    → σ ∈ [0.964, 0.75]), or linspace(*sigma_range, L) (the spec's CPU toy uses (0.9, 0.3))."""
+    → σ ∈ [0.964, 0.75]), or linspace(*sigma_range, L) (the CPU toy uses (0.9, 0.3))."""
     if sigma_range is not None:
         return torch.linspace(sigma_range[0], sigma_range[1], L)
     s = flow_sigmas(vis_steps, shift)
@@ -164,7 +165,7 @@ def flow_recover(x_in: Tensor, v: Tensor, eps: Tensor, s_in: float | Tensor, s_o
 
 
 def ddim_recover(x_in: Tensor, eps_pred: Tensor, eps: Tensor, a_in: float | Tensor, a_out: float | Tensor) -> Tensor:
-    """ε-model analogue [UNCONFIRMED, §3.2/§6.5]: a deterministic DDIM step ᾱ_in -> ᾱ_out with ε_θ, then
+    """ε-model analogue (this project's; docs/diffusion.md): a deterministic DDIM step ᾱ_in -> ᾱ_out with ε_θ, then
     x̂_0 = (x_out − √(1−ᾱ_out) ε)/√ᾱ_out. A perfect ε_θ = ε returns x_0;
     ∂x̂_0/∂ε_θ = σ_out/α_out − σ_in/α_in."""
     x_out = ddim_step(x_in, eps_pred, a_in, a_out, eta=0.0)
@@ -178,10 +179,10 @@ def srp_score(img: Tensor, pos: Tensor, neg: Tensor, k: float | Tensor, scale: f
 
 
 class DirectAlign(Modifier):
-    """Direct-Align one-step recovery + SRPO relative reward (§3). With `srp` the first text-image scorer among
+    """Direct-Align one-step recovery + SRPO relative reward (2509.06942). With `srp` the first text-image scorer among
     the recipe's rewards gives the embeddings; without it the weighted reward is used directly (denoise branch
-    only: a unimodal reward has no text branch to swap, §3.4). Loss per branch: ReLU(hinge − score) (SRPO) or
-    −score, averaged over the branches (SRPO's grad_accum = 2: one denoise + one inversion)."""
+    only: a unimodal reward has no text branch to swap, docs/diffusion.md). Loss per branch: ReLU(hinge − score)
+    (SRPO) or −score, averaged over the branches (SRPO's grad_accum = 2: one denoise + one inversion)."""
 
     requires = frozenset({"images"})
 
@@ -202,7 +203,7 @@ class DirectAlign(Modifier):
                                     tuple(sigma_range) if sigma_range is not None else None)
         if not (0 < float(self.grid.min()) and float(self.grid.max()) < 1):
             raise ValueError("direct_align: the σ grid must stay inside (0, 1): 1/(1 − σ) blows up at σ = 1 "
-                             "(§3.4)")
+                             "(docs/diffusion.md)")
         self.k_pos, self.k_inv = torch.linspace(*discount_pos, L), torch.linspace(*discount_inv, L)
         self.loss, self.hinge, self.loss_coeff = loss, hinge, loss_coeff
         self.pos_words, self.neg_words = list(positive_words), list(negative_words)
@@ -239,7 +240,8 @@ class DirectAlign(Modifier):
         from rltune.visual.diffusion_context import DiffusionLossContext
 
         if not isinstance(ctx, DiffusionLossContext):
-            return {}
+            raise TypeError(f"{type(self).__name__} runs in the diffusion trainer only (got {type(ctx).__name__}); "
+                            "`rltune validate` refuses it for other model.kind values")
         g = ctx.state.generator(_SALT_DIRECT + int(ctx.rows[0]))
         sel = int(torch.randint(5, self.L - 5 + 1, (), generator=g))          # SRPO: U{5..L−5} per update
         k, (mid_d, hi_d, lo_d), (mid_i, hi_i, lo_i) = srpo_indices(sel, self.L, self.ratio)

@@ -1,6 +1,6 @@
-"""Mask Propagation for VAR policies (Sun et al., "VAR RL Done Right", arXiv 2601.02256, §3.5; spec
-visual_modifiers.md §1.3.4). The paper gives no formula or code: the pooling rule, recursion, dilation, threshold
-and normalisation below are this project's design (spec §1.3.4, marked [UNCONFIRMED] there).
+"""Mask Propagation for VAR policies (Sun et al., "VAR RL Done Right", arXiv 2601.02256, §3.5; docs/var.md,
+Mask Propagation). The paper gives no formula or code: the pooling rule, recursion, dilation, threshold
+and normalisation below are this project's design (docs/var.md, Mask Propagation).
 
 A final-scale mask M_S over the finest token grid marks the tokens that determine the reward (rasterised reward
 boxes, or the reward's saliency); it is propagated fine → coarse (max or area pooling) and gates the per-token
@@ -9,7 +9,7 @@ policy loss, multiplied with the PANW scale weights k_t = (h_t·w_t)^−α:
                                                      Z_b = Σ_j k_t(j)·active_b(j)          (renormalize=False)
 `active` is the loss mask of the step (the VMR stage's scales) and the optional `scales` gate. The weight is
 returned times the row's active-token count c_b, so the trainer's token-mean (or seq-mean-token-mean) over
-equal-length VAR rows gives the spec's L = (1/B) Σ_b Σ_j w_bj ℓ_bj (§0.2); with α=0 and M≡1 every weight is 1.
+equal-length VAR rows gives L = (1/B) Σ_b Σ_j w_bj ℓ_bj (docs/var.md); with α=0 and M≡1 every weight is 1.
 
 Batch extras read (written by rltune/visual/var_trainer.py): scale_idx [N,T] long, scale_hw [N,S,2] long,
 image_hw [N,2] long, and per source boxes [N,K,4] float (x0,y0,x1,y1 pixels, NaN rows = padding) or saliency
@@ -18,7 +18,6 @@ image_hw [N,2] long, and per source boxes [N,K,4] float (x0,y0,x1,y1 pixels, NaN
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal, Sequence
 
 import torch
@@ -36,7 +35,7 @@ Scale = tuple[int, int]
 # ------------------------------------------------------------------------------------------ pure functions
 def propagate_mask(final_mask: Tensor, scales: Sequence[Scale], mode: Literal["max", "area"] = "max",
                    recursive: bool = False, threshold: float | None = None) -> list[Tensor]:
-    """Fine → coarse mask pyramid (spec §1.3.4 steps 3–4).
+    """Fine → coarse mask pyramid (docs/var.md, MP steps 3–4).
 
     final_mask [N,h_S,w_S] in [0,1] on the finest grid; scales [(h_t,w_t)] coarse → fine, the last = final grid.
     mode "max": a coarse token is 1 if any token of its footprint is (adaptive max pool); "area": the covered
@@ -59,14 +58,14 @@ def propagate_mask(final_mask: Tensor, scales: Sequence[Scale], mode: Literal["m
 
 def dilate(mask: Tensor, d: int) -> Tensor:
     """[N,h,w] -> [N,h,w]: max-pool with a (2d+1)² window, to cover the ~1-token bicubic halo VAR's decoder
-    spreads a token over (spec §1.3.4 step 2)."""
+    spreads a token over (docs/var.md, MP step 2)."""
     if d <= 0:
         return mask
     return F.max_pool2d(mask.float().unsqueeze(1), 2 * d + 1, stride=1, padding=d).squeeze(1)
 
 
 def boxes_to_mask(boxes: Tensor, image_hw: tuple[int, int], grid: Scale) -> Tensor:
-    """Rasterise pixel boxes to the final token grid with conservative rounding (spec §1.3.4 step 1): columns
+    """Rasterise pixel boxes to the final token grid with conservative rounding (docs/var.md, MP step 1): columns
     floor(x0·w/W) … ceil(x1·w/W)−1, rows likewise, union over a row's boxes.
     boxes [N,K,4] (x0,y0,x1,y1; NaN rows are padding), image_hw (H,W), grid (h,w) -> [N,h,w] float {0,1}."""
     (H, W), (h, w) = image_hw, grid
@@ -108,7 +107,7 @@ def var_token_weights(scale_idx: Tensor, sizes: Sequence[int] | Tensor, alpha: f
     """Per-token loss weights k_t·M·active/Z_b times c_b (module docstring), vectorized.
 
     scale_idx [N,T] long, sizes [S], active [N,T] bool (tokens in the loss), mask [N,T] float in [0,1] or None
-    (all ones) -> [N,T] float32. Z_b is clamped ≥ eps (spec §1.7); c_b = Σ_j active_bj.
+    (all ones) -> [N,T] float32. Z_b is clamped ≥ eps (docs/var.md); c_b = Σ_j active_bj.
     """
     k = (torch.as_tensor(sizes, dtype=torch.float64).pow(-alpha))[scale_idx]          # [N,T]
     a = active.to(torch.float64)
@@ -135,7 +134,7 @@ class VarMask(Modifier):
     Args:
         source: "boxes" (reward boxes, the paper's), "saliency" (the reward's |∂R/∂x|; differentiable rewards only)
             or "none" (all ones: PANW only).
-        mode, recursive, threshold: pooling to the coarser scales (see `propagate_mask`; spec defaults max, direct).
+        mode, recursive, threshold: pooling to the coarser scales (see `propagate_mask`; defaults max, direct).
         dilate: tokens of dilation at the final scale (default 0). saliency_q: top fraction kept for "saliency".
         alpha: PANW exponent inside the normaliser (0 = no scale reweighting; the paper's best is 0.6–0.8). Use
             this rather than stacking `scale_reweight`, whose own normaliser would then apply twice.
@@ -145,6 +144,8 @@ class VarMask(Modifier):
     Metrics: empty_frac (samples whose mask was empty and fell back to all ones), empty_count (cumulative),
     coverage (mean final-scale mask).
     """
+
+    requires = frozenset({"var_layout"})   # the VAR trainer's scale layout: `rltune validate` refuses other families
 
     def __init__(self, source: Literal["boxes", "saliency", "none"] = "boxes", mode: Literal["max", "area"] = "max",
                  recursive: bool = False, dilate: int = 0, threshold: float | None = None, alpha: float = 0.0,
@@ -160,7 +161,6 @@ class VarMask(Modifier):
         self.scales = None if scales is None else sorted(set(scales))
         self.empty_count = 0
         self._metrics: dict[str, float] = {}
-        self._warned = False
 
     def final_mask(self, extras: dict[str, Tensor], grid: Scale, image_hw: tuple[int, int], n: int) -> Tensor:
         """[n,h_S,w_S] final-scale mask of each row (before the empty fallback)."""
@@ -177,16 +177,13 @@ class VarMask(Modifier):
     def token_weights(self, ctx: LossContext) -> TokenWeights | None:
         lay = layout(ctx.extras)
         if lay is None:
-            if not self._warned:
-                warnings.warn("var_mask: the batch has no VAR token layout (extras scale_idx/scale_hw); it is a no-op "
-                              "outside the VAR trainer", stacklevel=2)
-                self._warned = True
-            return None
+            raise ValueError("var_mask needs the VAR token layout (extras scale_idx/scale_hw): use it with "
+                             "model.kind: var")
         scale_idx, scales, image_hw = lay
         n = scale_idx.shape[0]
         fm = dilate(self.final_mask(ctx.extras, scales[-1], image_hw, n), self.dilate)
         empty = fm.flatten(1).sum(-1) == 0
-        fm = torch.where(empty[:, None, None], torch.ones_like(fm), fm)   # spec §1.7: fall back, count it
+        fm = torch.where(empty[:, None, None], torch.ones_like(fm), fm)   # docs/var.md: fall back, count it
         pyr = propagate_mask(fm, scales, self.mode, self.recursive, self.threshold)
         m = torch.cat([p.flatten(1) for p in pyr], dim=1)                  # [n,T]
         gate = ctx.response_mask.bool()

@@ -1,5 +1,5 @@
 """VMR, Value as Middle Return (Sun et al., "VAR RL Done Right", arXiv 2601.02256, Def. 1, Eq. 4–5 and 10, §4.1;
-spec visual_modifiers.md §1.3.2): an intermediate reward at a split scale m, with prefix/suffix alternation.
+docs/var.md, VMR): an intermediate reward at a split scale m, with prefix/suffix alternation.
 
 The scale sequence is split at m. A *prefix* step trains scales < m with the soft value of the intermediate state
 as its only reward, estimated from K on-policy completions of each prefix:
@@ -8,10 +8,10 @@ and the prefix advantage is V_m group-normalised over the G prefixes of a prompt
 prefix per prompt, G completions from it, and trains scales ≥ m on the terminal reward (group = that prefix).
 Steps alternate `prefix_steps` : `suffix_steps` (the paper's 3:1 "fine-grained" alternation).
 
-How it reaches the sampler: `on_prompts` writes the step's plan into three prompt columns (var_stage, var_split,
-var_k) that the VAR trainer's sampler follows; the trainer's loss mask then covers the stage's scales only (the
+How it reaches the sampler: `on_prompts` attaches the step's typed plan (`PromptBatch.plan`, a
+rltune.visual.var_plan.RolloutPlan) that the VAR trainer's sampler follows; the trainer's loss mask then covers the stage's scales only (the
 temporal gate), and marks rows of one prefix with extras["prefix_id"]. The group key of the suffix stage (the
-prefix) and per-token ratios are the spec's [UNCONFIRMED] defaults; K completions get no gradient: in a prefix
+prefix) and per-token ratios are this project's choices (docs/var.md, VMR); K completions get no gradient: in a prefix
 step only the first row of each prefix carries the (identical) prefix tokens into the loss.
 """
 
@@ -26,6 +26,7 @@ from torch import Tensor
 from rltune.algo import group_norm
 from rltune.data.batch import PromptBatch
 from rltune.modifiers.base import AdvantageContext, LossContext, Modifier, PromptContext, StepState, TokenWeights
+from rltune.visual.var_plan import RolloutPlan
 
 __all__ = ["soft_value", "prefix_values", "prefix_advantages", "vmr_stage", "first_of_prefix", "VMR"]
 
@@ -33,7 +34,7 @@ Stage = Literal["prefix", "suffix"]
 
 
 def soft_value(rewards: Tensor, eta: float = 1.0) -> Tensor:
-    """V = η·(logsumexp(R/η) − log K) over the last dim, in float64 (stable for large R/η; spec §1.7).
+    """V = η·(logsumexp(R/η) − log K) over the last dim, in float64 (stable for large R/η; docs/var.md).
     rewards [..., K] -> [...]."""
     r = rewards.double()
     return eta * (torch.logsumexp(r / eta, dim=-1) - math.log(r.shape[-1]))
@@ -92,6 +93,8 @@ class VMR(Modifier):
     Metrics: stage (1 = prefix, 0 = suffix), value_mean and value_gap (mean V_m − mean R, ≥ 0) on prefix steps.
     """
 
+    requires = frozenset({"var_layout"})   # only the VAR trainer follows the rollout plan
+
     def __init__(self, split: int = 2, k: int = 2, eta: float = 1.0, prefix_steps: int = 3, suffix_steps: int = 1):
         if split < 1:
             raise ValueError(f"split must be ≥ 1 (the prefix needs at least one scale), got {split}")
@@ -105,10 +108,9 @@ class VMR(Modifier):
         return vmr_stage(state.step, self.prefix_steps, self.suffix_steps)
 
     def on_prompts(self, prompts: PromptBatch, ctx: PromptContext) -> PromptBatch:
-        B, stage = len(prompts), self.stage(ctx.state)
-        k = self.k if stage == "prefix" else 1
-        plan = {"var_stage": [stage] * B, "var_split": [self.split] * B, "var_k": [k] * B}
-        return PromptBatch(prompts=list(prompts.prompts), meta={**prompts.meta, **plan}, hints=prompts.hints)
+        stage = self.stage(ctx.state)
+        plan = RolloutPlan(stage, self.split, self.k if stage == "prefix" else 1)
+        return PromptBatch(prompts=list(prompts.prompts), meta=dict(prompts.meta), hints=prompts.hints, plan=plan)
 
     def shape_advantages(self, advantages: Tensor, ctx: AdvantageContext) -> Tensor:
         self._metrics = {"stage": float(self.stage(ctx.state) == "prefix")}

@@ -7,9 +7,9 @@ An image reward is still a normal reward (`reward(inp: RewardInput) -> list[floa
     score_images(images: Tensor[N,3,H,W] in ≈[0,1], prompts: list[str]) -> Tensor[N]   (keeps the graph)
 
 Text-image scorers (CLIP, PickScore, HPS) additionally expose unit embeddings, which SRPO's relative reward
-needs (spec §3.2):  embed_images(images) -> [N,D], embed_texts(prompts) -> [M,D], `score_scale` s.
+needs (arXiv 2509.06942):  embed_images(images) -> [N,D], embed_texts(prompts) -> [M,D], `score_scale` s.
 
-Preprocessing must stay inside autograd (spec §2.4): resize and normalise with torch ops (`preprocess`).
+Preprocessing must stay inside autograd (docs/diffusion.md): resize and normalise with torch ops (`preprocess`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from rltune.data.batch import PromptBatch, RolloutBatch
 
@@ -20,6 +20,8 @@ class SamplingParams:
 
 
 class RolloutEngine(Protocol):
-    weight_version: int
+    weight_version: int            # the policy version the next batch is sampled with
 
     def generate(self, prompts: PromptBatch, params: SamplingParams) -> RolloutBatch: ...
+    def sync(self, model: Any, version: int, weights_ref: Any = None) -> None: ...   # new weights (or shared ones)
+    def shutdown(self) -> None: ...

@@ -1,4 +1,4 @@
-"""DAPO dynamic sampling (Yu et al., 2503.14476 §3.2; spec §2.10, hook H7): generate, score, drop the prompt
+"""DAPO dynamic sampling (Yu et al., 2503.14476 §3.2; docs/algorithms.md): generate, score, drop the prompt
 groups whose **raw** reward is constant (zero advantage, no gradient), and draw more prompts until B groups
 qualify. Without filtering it is one plain round, so the trainer always goes through `sample_groups`.
 

@@ -14,14 +14,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rltune.data.batch import PromptBatch, RolloutBatch
 from rltune.rollout.base import SamplingParams
 from rltune.rollout.decode import decode
-from rltune.train.torch_engine import _cache_kwarg
+from rltune.train.torch_engine import cache_kwarg
 
 
 class PromptTooLongError(ValueError):
     pass
 
 
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows -> (ids [n,W] left-padded with `pad`, mask [n,W] bool, True on real tokens); W = longest row."""
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -32,7 +33,7 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask
 
 
-def _encode(tok, texts: list[str]) -> list[list[int]]:
+def encode_texts(tok, texts: list[str]) -> list[list[int]]:
     # Special tokens off: prompts are already templated text (a chat template adds its own).
     return tok(texts, add_special_tokens=False)["input_ids"] if texts else []
 
@@ -40,7 +41,7 @@ def _encode(tok, texts: list[str]) -> list[list[int]]:
 def encode_prompts(tok, prompts: PromptBatch, n: int, max_prompt_tokens: int):
     """Token ids of the distinct prompts [B][*], of every row's prompt [B·n][*] and of every row's forced prefix
     (hints; [] = none). Every rollout engine starts here."""
-    unique = _encode(tok, list(prompts.prompts))
+    unique = encode_texts(tok, list(prompts.prompts))
     for i, ids in enumerate(unique):
         if len(ids) > max_prompt_tokens:
             raise PromptTooLongError(
@@ -51,7 +52,7 @@ def encode_prompts(tok, prompts: PromptBatch, n: int, max_prompt_tokens: int):
     hint_texts = [h for hs in prompts.hints for h in hs] if prompts.hints is not None else [""] * len(prompt_rows)
     if len(hint_texts) != len(prompt_rows):
         raise ValueError(f"PromptBatch.hints must hold {n} entries per prompt, got {len(hint_texts)} in all")
-    forced = [_encode(tok, [h])[0] if h else [] for h in hint_texts]
+    forced = [encode_texts(tok, [h])[0] if h else [] for h in hint_texts]
     return unique, prompt_rows, forced
 
 
@@ -60,7 +61,7 @@ def assemble_batch(tok, prompts: PromptBatch, n: int, prompt_rows: list[list[int
     """The RolloutBatch of generated tokens `new` [N,Tg] (pad after EOS) with their log-probs `gen_lp` [N,Tg].
     Every rollout engine ends here."""
     texts = [p for p in prompts.prompts for _ in range(n)]
-    prompt_ids, prompt_mask = _left_pad(prompt_rows, tok.pad_token_id)
+    prompt_ids, prompt_mask = left_pad(prompt_rows, tok.pad_token_id)
     N, Tg = new.shape
     is_eos = new == tok.eos_token_id
     has_eos = is_eos.any(1)
@@ -120,7 +121,7 @@ class HFEngine:
     def generate(self, prompts: PromptBatch, params: SamplingParams) -> RolloutBatch:
         n = params.n
         unique, prompt_rows, forced = encode_prompts(self.tok, prompts, n, self.max_prompt_tokens)
-        gen_ids, gen_mask = _left_pad([p + f for p, f in zip(prompt_rows, forced)], self.tok.pad_token_id)
+        gen_ids, gen_mask = left_pad([p + f for p, f in zip(prompt_rows, forced)], self.tok.pad_token_id)
 
         device = next(self.model.parameters()).device
         was_training = self.model.training
@@ -129,9 +130,9 @@ class HFEngine:
             torch.manual_seed(params.seed)
         looped = None
         if self.decode == "loop" and prompts.hints is None:
-            u_ids, u_mask = _left_pad(unique, self.tok.pad_token_id)
+            u_ids, u_mask = left_pad(unique, self.tok.pad_token_id)
             looped = decode(self.model, u_ids.to(device), u_mask.to(device), n, params, self.tok.eos_token_id,
-                            self.tok.pad_token_id, _cache_kwarg(self.model))
+                            self.tok.pad_token_id, cache_kwarg(self.model))
         if looped is not None:
             new, gen_lp = looped[0].cpu(), looped[1].float().cpu()
         else:

@@ -31,7 +31,7 @@ from rltune.config.schema import EnvSpec
 from rltune.data.batch import PromptBatch, RolloutBatch
 from rltune.envs.base import EnvFailure, as_step_result, call_all, env_factory
 from rltune.rollout.base import SamplingParams
-from rltune.rollout.hf_engine import HFEngine, PromptTooLongError, _left_pad
+from rltune.rollout.hf_engine import HFEngine, PromptTooLongError, left_pad
 
 __all__ = ["MultiTurnEngine"]
 
@@ -177,7 +177,7 @@ class MultiTurnEngine:
         """One model turn for each context: [(tokens up to and including EOS, capped at the row's budget,
         their sampling log-probs)]. Log-probs are of the temperature-scaled full distribution (as HFEngine)."""
         model, tok = self.inner.model, self.inner.tok
-        ids, mask = _left_pad(contexts, tok.pad_token_id)
+        ids, mask = left_pad(contexts, tok.pad_token_id)
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -231,7 +231,7 @@ class MultiTurnEngine:
             logprobs[i, :L] = torch.tensor(e.logprobs)
             for pos, r in zip(e.reward_pos, e.rewards):
                 turn_rewards[i, pos] += r
-        prompt_ids, prompt_mask = _left_pad([e.prompt for e in eps], pad)
+        prompt_ids, prompt_mask = left_pad([e.prompt for e in eps], pad)
         failed = [e.end in ("timeout", "error") for e in eps]
         returns = [0.0 if bad else (e.rewards[-1] if e.rewards else 0.0) if self.spec.reward != "sum" else
                    sum(e.rewards) for e, bad in zip(eps, failed)]

@@ -17,7 +17,7 @@ from torch import nn
 from rltune.config.schema import TrainConfig
 from rltune.modifiers.base import GradView
 from rltune.train.checkpoint import CheckpointError
-from rltune.train.torch_engine import _schedule, response_logprobs
+from rltune.train.torch_engine import lr_schedule, response_logprobs
 
 
 def ds_config(cfg: TrainConfig, zero_stage: int, offload: bool, world_size: int, bf16: bool = False) -> dict:
@@ -53,7 +53,7 @@ class DeepSpeedEngine:
         if not params:
             raise ValueError("the model has no trainable parameters (check model.lora / frozen layers)")
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg, total_steps))
         self.world_size = dist.get_world_size()
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=opt, lr_scheduler=sched,

@@ -85,7 +85,7 @@ def _shared_prompt_logits(model, input_ids, attention_mask, P: int, T: int,
     mask = attention_mask.long()
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]
     out_r = model(input_ids=input_ids[:, P:], attention_mask=_key_mask(mask, P), position_ids=pos, use_cache=True,
-                  logits_to_keep=T, **{_cache_kwarg(base): cache})
+                  logits_to_keep=T, **{cache_kwarg(base): cache})
     # Position P−1 (the prompt's last) predicts response token 0; response positions 0..T−2 predict tokens 1..T−1.
     return torch.cat([out_p.logits[:, -1:][inv], out_r.logits[:, :-1]], dim=1)
 
@@ -97,7 +97,7 @@ def _key_mask(attention_mask: torch.Tensor, P: int) -> torch.Tensor | None:
     return None if bool(attention_mask[:, :P].all()) else attention_mask.long()
 
 
-def _cache_kwarg(model: nn.Module) -> str:
+def cache_kwarg(model: nn.Module) -> str:
     """transformers renamed `past_key_values` to `cache` (5.2x); take whichever the model's forward accepts."""
     import inspect
 
@@ -118,7 +118,7 @@ class TorchEngine:
             self.optimizer = torch.optim.AdamW(self.params, fused=True, **kw)
         except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
             self.optimizer = torch.optim.AdamW(self.params, foreach=False, **kw)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(cfg, total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(cfg, total_steps))
         self.model.train()
 
     def forward(self, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
@@ -193,7 +193,9 @@ class TorchEngine:
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
 
-def _schedule(cfg: TrainConfig, total: int):
+def lr_schedule(cfg: TrainConfig, total: int):
+    """The LambdaLR factor of optimizer step `step`: linear warmup over train.warmup_steps, then train.scheduler
+    (constant, linear or cosine decay to 0 at `total` steps). Every engine uses this one schedule."""
     warm = cfg.warmup_steps
 
     def f(step: int) -> float:

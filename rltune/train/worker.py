@@ -80,6 +80,25 @@ class TrainWorker:
             x = x.to(self.engine.ds.device)
         return run_update(self.engine, self.mods, x, plan, spec, state, self.rank, self.world_size)
 
+    def mods_step_end(self, state) -> dict[str, float]:
+        """This rank's `mod/<name>/...` metrics of the modifiers whose hooks run here (extra_loss, on_gradients),
+        and their hook timings: the driver's instances never see those hooks."""
+        from rltune.modifiers.base import Modifier
+        from rltune.modifiers.pipeline import ModifierPipeline
+
+        here = [(n, m) for n, m in self.mods.mods if any(getattr(type(m), h) is not getattr(Modifier, h)
+                                                          for h in ("extra_loss", "on_gradients"))]
+        out = ModifierPipeline(here).on_step_end({}, state) if here else {}
+        out.update(self.mods.timings)
+        self.mods.timings.clear()
+        return out
+
+    def mods_state(self) -> dict[str, Any]:
+        return self.mods.state_dict()
+
+    def load_mods_state(self, sd: dict[str, Any]) -> None:
+        self.mods.load_state_dict(sd)
+
     def score(self, input_ids, attention_mask, T: int, temperature: float, entropy: bool, kl: bool):
         """Old-policy log-probs (+ entropy) and reference log-probs of this rank's slice of the rows."""
         from rltune.train.scoring import score_rows
@@ -178,7 +197,8 @@ class TrainGroup:
         from rltune.train.update import finish_metrics
 
         ref = ray.put(x)
-        return finish_metrics(self._call("update", ref, plan, spec, state), len(plan))
+        out = finish_metrics(self._call("update", ref, plan, spec, state), len(plan))
+        return out | self._call("mods_step_end", state)[0]   # rank 0's view of the rank-side modifiers
 
     def weights_ref(self):
         """Object ref of the gathered weights (the adapter only with LoRA), for the driver and rollout workers."""
@@ -195,10 +215,16 @@ class TrainGroup:
         return self._call("lr")[0]
 
     def state_dict(self) -> dict:
-        return {"deepspeed": "deepspeed/"}  # optimizer and scheduler live in the sharded files
+        # Optimizer and scheduler live in the sharded files; each rank's modifier instances (they run extra_loss
+        # and on_gradients there) are saved here, one state per rank.
+        return {"deepspeed": "deepspeed/", "rank_modifiers": self._call("mods_state")}
 
     def load_state_dict(self, sd: dict) -> None:
-        pass  # loaded from the checkpoint's deepspeed/ folder by the trainer (load)
+        """The ranks' modifier states (weights and optimizer come from the deepspeed/ folder: `load`)."""
+        import ray
+
+        if "rank_modifiers" in sd and len(sd["rank_modifiers"]) == len(self.workers):
+            ray.get([w.load_mods_state.remote(s) for w, s in zip(self.workers, sd["rank_modifiers"])])
 
     def shutdown(self) -> None:
         import ray

@@ -1,6 +1,6 @@
 """The typed context that reward-backprop modifiers (AlignProp, Direct-Align) receive in `extra_loss` from the
 diffusion trainer. It carries a handle to the policy (to re-run denoising steps *with* gradient) and the
-differentiable reward, never the trainer (ARCHITECTURE rule 6)."""
+differentiable reward, never the trainer (a hook sees what it needs, nothing to mutate)."""
 
 from __future__ import annotations
 

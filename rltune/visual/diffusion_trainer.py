@@ -23,13 +23,17 @@ import torch
 from rltune import algo
 from rltune.config.schema import Recipe
 from rltune.data.prompts import PromptLoader, load_rows
+from rltune.families import DIFFUSION, check_support
 from rltune.models.diffusion import load_diffusion_policy
+from rltune.models.policy import resolve_device
 from rltune.modifiers.base import GradView, Modifier, PromptContext, StepState
 from rltune.modifiers.pipeline import ModifierError, ModifierPipeline
-from rltune.reward import RewardInput, RewardManager
+from rltune.reward import RewardManager
 from rltune.reward.image import TextImageScorer, is_differentiable, weighted_image_reward
 from rltune.train import checkpoint as ckpt
-from rltune.train.loop import RunDirError, RunLoop, finite_or_none, rng_state, set_rng_state
+from rltune.train.loop import RunDirError, RunLoop, rng_state, set_rng_state
+from rltune.train.shared import best_worst_samples, eval_metrics, image_reward_input, load_eval_rows, step_seed
+from rltune.train.torch_engine import TorchEngine
 from rltune.visual.diffusion_context import DiffusionLossContext
 from rltune.watchdog import Watchdog
 
@@ -37,21 +41,24 @@ EVAL_NOISE_SALT = 4_242
 
 
 class DiffusionTrainer(RunLoop):
+    manifest = DIFFUSION
     DIVERGED_ADVICE = "Lower train.lr or check the rewards for inf"
 
     def _build(self, resume_from: Path | None) -> None:
         r = self.recipe
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        check_support(r, base_dir=self.base_dir)   # every key set is honoured, every modifier runs (families.py)
+        self.device = resolve_device(r.run.device)
 
         # Policy: denoiser (+ LoRA) with its schedule, text encoder and VAE; only the trainable part is saved.
         self.model = load_diffusion_policy(r.model, r.run.seed, self.device)
         self.params = [p for _, p in self.model.trainable()]
         if not self.params:
             raise RunDirError("the diffusion policy has no trainable parameter (check model.lora.target_modules)")
-        t = r.train
-        self.opt = torch.optim.AdamW(self.params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt,
-                                                          _lr_lambda(t.scheduler, t.warmup_steps, r.run.steps))
+        # The shared engine (rltune/train/torch_engine.py): AdamW, the one LR schedule, clipping, skip rule. It
+        # holds the denoiser, whose trainable weights are the policy's; its train/eval mode is left as loaded.
+        mode = self.model.denoiser.training
+        self.engine = TorchEngine(self.model.denoiser, r.train, r.run.steps)
+        self.model.denoiser.train(mode)
 
         # Rewards: all of them score the rollout (logs, eval); the differentiable ones form the backprop objective.
         self.rewards = RewardManager(r.rewards, base_dir=self.base_dir)
@@ -97,9 +104,9 @@ class DiffusionTrainer(RunLoop):
     def train_step(self) -> dict[str, Any]:
         r = self.recipe
         state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
-        step_seed = (r.run.seed * 1_000_003 + self.step * 7_919 + 17) % (2**31 - 1)
-        torch.manual_seed(step_seed)  # reseeding per step: a resumed run draws what the uninterrupted one drew
-        gen = torch.Generator().manual_seed(step_seed)
+        seed = step_seed(r.run.seed, self.step)
+        torch.manual_seed(seed)  # reseeding per step: a resumed run draws what the uninterrupted one drew
+        gen = torch.Generator().manual_seed(seed)
         timers: dict[str, float] = defaultdict(float)
         t_step = time.perf_counter()
         G = r.rollout.samples_per_prompt
@@ -113,7 +120,7 @@ class DiffusionTrainer(RunLoop):
 
         # -- reward: every reward scores the images (logging); raw rewards [N] (NaN = unscorable)
         with self._phase(timers, "time/reward"):
-            res = self.rewards(_reward_input(texts, meta, ro.images, self.step))
+            res = self.rewards(image_reward_input(texts, meta, ro.images, self.step))
             raw = res.rewards
 
         # -- advantage: rewards [N] -> [N,T] per denoising step (group_norm: over the G images of a prompt, DDPO's
@@ -127,7 +134,7 @@ class DiffusionTrainer(RunLoop):
 
         # -- update: the modifiers' loss terms per micro-batch (gradients accumulate), then one optimizer step
         with self._phase(timers, "time/update"):
-            self.opt.zero_grad(set_to_none=True)
+            self.engine.optimizer.zero_grad(set_to_none=True)
             acc: dict[str, float] = defaultdict(float)
             for rows in torch.arange(N).split(r.train.micro_batch_size):
                 ctx = DiffusionLossContext(rows, ro.rows(rows.to(ro.latents.device)), self.model, self._reward_fn,
@@ -141,24 +148,21 @@ class DiffusionTrainer(RunLoop):
                 acc["loss/total"] += float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
             self.mods.on_gradients(GradView(self.model.trainable()), state)
             stats = dict(acc)
-            finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
-            if not (finite and math.isfinite(acc["loss/total"])):
-                self.opt.zero_grad(set_to_none=True)
+            # A skipped step leaves weights, optimizer state and the LR schedule where they were.
+            if not (self.engine.grads_finite() and math.isfinite(acc["loss/total"])):
+                self.engine.skip_step()
                 stats["train/skipped_step"] = 1.0
             else:
-                max_norm = r.train.max_grad_norm or float("inf")
-                stats["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
-                self.opt.step()
-                stats["train/lr"] = self.opt.param_groups[0]["lr"]
-            self.lr_sched.step()
+                stats["train/lr"] = self.engine.lr
+                stats["train/grad_norm"] = self.engine.step()
+                stats["train/optimizer_steps"] = 1.0
 
         metrics = {"reward/mean": float(torch.nanmean(raw)), "reward/std": float(raw[~raw.isnan()].std())
                    if int((~raw.isnan()).sum()) > 1 else 0.0, **res.metrics, **stats, **timers}
         metrics["time/step"] = time.perf_counter() - t_step
         metrics |= self.mods.on_step_end(metrics, state)
-        order = torch.argsort(torch.nan_to_num(raw, nan=-math.inf), descending=True).tolist()
-        self._last_samples = [{"prompt": texts[i], "completion": f"[image {i} of step {self.step + 1}]",
-                               "reward": finite_or_none(raw[i])} for i in order[:2] + order[-2:]]
+        self._last_samples = best_worst_samples(raw, lambda i: {"prompt": texts[i],
+                                                                "completion": f"[image {i} of step {self.step + 1}]"})
         return metrics
 
     def _reward_fn(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -179,51 +183,32 @@ class DiffusionTrainer(RunLoop):
         # What changed is easiest seen: one PNG grid per evaluation, same noises every time.
         image_grid(self.last_eval_images, self.run_dir / "samples" / f"eval_step_{self.step:06d}.png",
                    scale=max(1, 64 // self.last_eval_images.shape[-1]))
-        s = self.rewards(_reward_input(prompts, {}, self.last_eval_images, self.step)).scores
-        out = {"eval/accuracy": float(torch.nanmean(s[:, 0]))}
-        for k, spec in enumerate(self.recipe.rewards):
-            out[f"eval/reward/{spec.metric_name}"] = float(torch.nanmean(s[:, k]))
-        out["time/eval"] = time.perf_counter() - t0
-        return out
+        s = self.rewards(image_reward_input(prompts, {}, self.last_eval_images, self.step)).scores
+        return eval_metrics(s, self.recipe.rewards, t0)
 
     def _load_eval_prompts(self) -> list[str]:
         d = self.recipe.data
-        if d.eval_source is None and not d.source.startswith("builtin:"):
+        ds = load_eval_rows(d, self.base_dir)
+        if ds is None:
             return []
-        ds = load_rows(d, d.eval_split, source=d.eval_source or d.source, base_dir=self.base_dir)
-        if d.eval_size:
-            ds = ds.select(range(min(d.eval_size, len(ds))))
         prompts = list(ds[d.prompt_column])
         # Few held-out prompts: each gets several fixed noises so the eval mean is over ≥ 16 images.
         return [p for p in prompts for _ in range(max(1, math.ceil(16 / len(prompts))))]
 
     # --------------------------------------------------------------------------------- state and files
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "optimizer": self.opt.state_dict(), "lr_sched": self.lr_sched.state_dict(),
-                "loader": self.loader.state_dict(), "modifiers": self.mods.state_dict(), "best": self.best,
+        return {"step": self.step, "engine": self.engine.state_dict(), "loader": self.loader.state_dict(), "modifiers": self.mods.state_dict(), "best": self.best,
                 "rng": rng_state()}
 
     def _load_state(self, sd: dict[str, Any]) -> None:
         self.step = sd["step"]
-        self.opt.load_state_dict(sd["optimizer"])
-        self.lr_sched.load_state_dict(sd["lr_sched"])
+        # Checkpoints before the shared engine kept {"optimizer", "lr_sched"}: the same two state dicts.
+        self.engine.load_state_dict(sd["engine"] if "engine" in sd else
+                                    {"optimizer": sd["optimizer"], "scheduler": sd["lr_sched"]})
         self.loader.load_state_dict(sd["loader"])
         self.mods.load_state_dict(sd["modifiers"])
         self.best = sd.get("best")
         set_rng_state(sd["rng"])
-
-
-def _reward_input(prompts: list[str], meta: dict[str, list], images: torch.Tensor, step: int) -> RewardInput:
-    return RewardInput(prompts=prompts, completions=[""] * len(prompts), completion_ids=[[] for _ in prompts],
-                       meta=meta, step=step, images=images)
-
-
-def _lr_lambda(kind: str, warmup: int, total: int):
-    def f(step: int) -> float:
-        w = min(1.0, (step + 1) / warmup) if warmup else 1.0
-        frac = min(1.0, step / max(1, total))
-        return w * {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[kind]
-    return f
 
 
 def image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 4) -> Path:

@@ -1,6 +1,6 @@
 """`builtin:var_toy`: class-conditional prompts for the tiny VAR demo (no downloads).
 
-Each row is a class label with the pixel box its reward reads (spec visual_modifiers.md §1.8, made class-conditional):
+Each row is a class label with the pixel box its reward reads (docs/var.md, The CPU toy, made class-conditional):
 class c asks for a bright `region`×`region` square in corner c of the `image`×`image` decoded picture (top-left,
 top-right, bottom-left, bottom-right, then repeating); `same_corner` puts every class in the top-left corner, the
 spec's unconditional toy. The reward (rltune_rewards.spatial.RegionBrightness) scores the mean value inside the box

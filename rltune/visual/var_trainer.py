@@ -3,8 +3,8 @@ token pyramids, read top to bottom.
 
     rltune train recipes/var-tiny.yaml                 # a recipe with model.kind: var
 
-One step (B prompts = class labels, G samples each; a row holds T = Σ_t h_t·w_t scale-tokens, spec §1.3):
-  plan      mods.on_prompts may attach a VMR plan (columns var_stage/var_split/var_k): full | prefix | suffix
+One step (B prompts = class labels, G samples each; a row holds T = Σ_t h_t·w_t scale-tokens, docs/var.md):
+  plan      mods.on_prompts may attach a VMR plan (PromptBatch.plan, a RolloutPlan): full | prefix | suffix
   rollout   token pyramids with per-token log-probs (CFG, top-k/top-p); N rows; the loss mask = the stage's scales
   reward    decode -> images -> RewardManager(RewardInput(images=...)) -> rewards [N] + spatial extras (boxes)
   advantage algo.estimate over the groups -> mods.shape_advantages (VMR: soft values of the prefixes)
@@ -18,11 +18,10 @@ checkpoints are RunLoop's, as for the text trainer (rltune/train/loop.py, rltune
 from __future__ import annotations
 
 import copy
-import functools
+import dataclasses
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,42 +33,44 @@ from rltune.config.load import RecipeError, dump_recipe
 from rltune.config.schema import AlgoConfig, Recipe
 from rltune.data.batch import PromptBatch, RolloutBatch
 from rltune.data.prompts import PromptLoader, load_rows
+from rltune.families import VAR, check_support
+from rltune.models.policy import resolve_device
 from rltune.models.var import VarPolicy, VarSample, build_var_policy, sample_var, scale_index, token_logprobs
-from rltune.modifiers.base import AdvantageContext, GradView, LossContext, PromptContext, RewardContext, StepState
+from rltune.modifiers.base import AdvantageContext, LossContext, PromptContext, RewardContext, StepState
 from rltune.modifiers.pipeline import ModifierPipeline
 from rltune.ops import entropy_from_logits, masked_mean
-from rltune.reward import RewardInput, RewardManager
+from rltune.reward import RewardManager
 from rltune.train import checkpoint as ckpt
-from rltune.train.loop import RunLoop, finite_or_none, rng_state, set_rng_state
+from rltune.train.loop import RunLoop, rng_state, set_rng_state
+from rltune.train.shared import (
+    best_worst_samples,
+    eval_metrics,
+    image_reward_input,
+    load_eval_rows,
+    minibatches,
+    reward_input,
+    step_seed,
+)
 from rltune.train.torch_engine import TorchEngine
-from rltune.trainer import _minibatches, _step_seed
+from rltune.train.update import UpdateInputs, UpdateSpec
+from rltune.visual.var_plan import STAGES, RolloutPlan
 from rltune.watchdog import Watchdog
 
-STAGES = ("full", "prefix", "suffix")
 LAYOUT_KEYS = ("scale_idx", "scale_hw", "image_hw", "prefix_id")
 
 
-@dataclass(frozen=True)
-class RolloutPlan:
-    """How one step samples (spec §1.3.2): `full` = G independent pyramids per prompt; `prefix` = G prefixes
-    (scales < split) per prompt, each completed k times; `suffix` = one prefix per prompt completed G times."""
-
-    stage: str = "full"
-    split: int = 0
-    k: int = 1
-
-
 class VarTrainer(RunLoop):
+    manifest = VAR
     NONFINITE = "gradient"
     DIVERGED_ADVICE = "Lower train.lr, set train.max_grad_norm, or check rewards/modifiers"
 
     def _build(self, resume_from: Path | None) -> None:
         r = self.recipe
-        _check_supported(r)
+        check_support(r, base_dir=self.base_dir)   # every key set is honoured, every modifier runs (families.py)
 
-        # One device: the GPU when there is one (the real-size recipe), else the CPU; batches live on the CPU and
-        # cross to the device at the model's boundary (_sample, _decode, _logits).
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # One device (run.device; auto = the GPU when there is one); batches live on the CPU and cross to the device
+        # at the model's boundary (_sample, _decode, _logits).
+        self.device = resolve_device(r.run.device)
         self.model: VarPolicy = build_var_policy(r.model.var, seed=r.run.seed)
         self.ref_model = None
         if r.algo.kl_coef > 0:  # the reference is the starting policy (also when resuming), frozen
@@ -86,7 +87,7 @@ class VarTrainer(RunLoop):
         self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, None, r.run.seed)
         self.eval_rows = self._load_eval_rows()
         self._claim_run_dir()  # policy, rewards, modifiers and data loaded: --overwrite may now delete
-        self.engine = TorchEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
+        self.engine = VarEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
         if resume_from is not None:
             self._load_state(ckpt.load_state(resume_from))
         self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)  # last: its clock starts with the run
@@ -99,7 +100,7 @@ class VarTrainer(RunLoop):
     def train_step(self) -> dict[str, Any]:
         r, a = self.recipe, self.recipe.algo
         state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
-        torch.manual_seed(_step_seed(r.run.seed, self.step))  # a resumed run draws what the uninterrupted one drew
+        torch.manual_seed(step_seed(r.run.seed, self.step))  # a resumed run draws what the uninterrupted one drew
         timers: dict[str, float] = defaultdict(float)
         t_step = time.perf_counter()
 
@@ -113,7 +114,7 @@ class VarTrainer(RunLoop):
         with self._phase(timers, "time/reward"):
             with torch.no_grad():
                 images = self._decode(batch.response_ids)
-            result = self.rewards(_reward_input(batch, images, self.step))
+            result = self.rewards(reward_input(batch, self.step, images))
             batch.extras.update(_reward_extras(result.extras, len(batch)))
             raw = result.rewards
             rewards = self.mods.shape_rewards(raw.clone(), RewardContext(batch, raw, result.scores, state))
@@ -136,7 +137,8 @@ class VarTrainer(RunLoop):
             advantages = self.mods.shape_advantages(advantages, ctx)
             base = old_logprobs if old_logprobs is not None else batch.rollout_logprobs
             tw = self.mods.token_weights(LossContext(torch.arange(len(batch)), base, base, advantages, mask, state,
-                                                     entropy, dict(batch.extras), total_rows=len(batch)))
+                                                     entropy, dict(batch.extras), total_rows=len(batch),
+                                                     rollout_logprobs=batch.rollout_logprobs))
             loss_mask = mask & tw.mask if tw.mask is not None else mask
 
         # -- update: teacher-forcing log-probs, clipped surrogate × token weights, aggregate, optimizer step
@@ -147,23 +149,17 @@ class VarTrainer(RunLoop):
         metrics |= stats | timers
         metrics["time/step"] = time.perf_counter() - t_step
         metrics |= self.mods.on_step_end(metrics, state)
-        order = torch.argsort(torch.nan_to_num(raw, nan=-math.inf), descending=True).tolist()
-        self._last_samples = [{"prompt": batch.prompts[i], "reward": finite_or_none(raw[i])} for i in order[:2] + order[-2:]]
+        self._last_samples = best_worst_samples(raw, lambda i: {"prompt": batch.prompts[i]})
         return metrics
 
     # --------------------------------------------------------------------------------------- rollout
     def _plan(self, prompts: PromptBatch) -> RolloutPlan:
-        """The step's sampling plan from the prompt columns a modifier (VMR) set; `full` without them."""
-        if "var_stage" not in prompts.meta:
+        """The step's sampling plan a modifier (VMR) attached to the prompts; `full` without one."""
+        if prompts.plan is None:
             return RolloutPlan()
-        cols = {k: set(prompts.meta[k]) for k in ("var_stage", "var_split", "var_k")}
-        if any(len(v) != 1 for v in cols.values()):
-            raise ValueError(f"every prompt of a step must share one rollout plan, got {cols}")
-        stage, split, k = (next(iter(cols[c])) for c in ("var_stage", "var_split", "var_k"))
-        if stage not in STAGES or not 0 < int(split) < len(self.scales) or int(k) < 1:
-            raise ValueError(f"bad VAR rollout plan stage={stage!r} split={split} k={k}: need a stage in {STAGES}, "
-                             f"0 < split < {len(self.scales)} scales, k ≥ 1")
-        return RolloutPlan(stage, int(split), int(k))
+        if not isinstance(prompts.plan, RolloutPlan):
+            raise ValueError(f"the VAR trainer samples by a rltune.visual.var_plan.RolloutPlan, got {prompts.plan!r}")
+        return prompts.plan.check(len(self.scales))
 
     def _rollout(self, prompts: PromptBatch, plan: RolloutPlan) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor]:
         """N rows of the plan -> (batch, cond [N], sampled-distribution log-probs [N,T])."""
@@ -179,7 +175,7 @@ class VarTrainer(RunLoop):
             per, cond = G, labels.repeat_interleave(G)
             s = self._sample(cond, **kw)
             prefix_id, active = torch.arange(B * G), torch.ones(T, dtype=torch.bool)
-        elif plan.stage == "prefix":  # G prefixes per prompt, each completed k times (for V_m, spec §1.3.2)
+        elif plan.stage == "prefix":  # G prefixes per prompt, each completed k times (for V_m, docs/var.md)
             per, pre_cond = G * plan.k, labels.repeat_interleave(G)
             pre = self._sample(pre_cond, stop_scale=m, **kw)
             cond = pre_cond.repeat_interleave(plan.k)
@@ -232,46 +228,17 @@ class VarTrainer(RunLoop):
 
     # ---------------------------------------------------------------------------------------- update
     def _update(self, batch, cond, advantages, loss_mask, weight, old_logprobs, ref_logprobs, state) -> dict:
+        """The shared update (rltune/train/update.py: run_update) over rows [cond | tokens] (see VarEngine):
+        mini-batches, micro-batch accumulation, loss, skip rule and metrics exactly as for text policies."""
         r, a = self.recipe, self.recipe.algo
-        tokens, T = batch.response_ids, batch.response_ids.shape[1]
-        acc: dict[str, float] = defaultdict(float)
-        plan = _minibatches(len(batch), a.ppo_epochs, a.mini_batches)
-        for mini in plan:
-            denom = algo.global_denominators(loss_mask[mini])
-            agg = functools.partial(algo.aggregate, mode=a.loss_agg, scale_constant=T, **denom)
-            for rows in mini.split(r.train.micro_batch_size):
-                dv = lambda x: None if x is None else x[rows].to(self.device)  # noqa: E731
-                logits = self._logits(self.model, tokens[rows], cond[rows])
-                m = dv(loss_mask)
-                loss, lp, old, clipped = policy_loss(logits, dv(tokens), dv(old_logprobs), dv(advantages), m,
-                                                     dv(weight), a, agg)
-                acc["loss/policy"] += float(loss.detach())
-                if a.kl_coef > 0:
-                    kl = agg(algo.kl_penalty(lp, dv(ref_logprobs), a.kl_estimator), m)
-                    loss = loss + a.kl_coef * kl
-                    acc["algo/kl"] += float(kl.detach())
-                if a.entropy_coef:
-                    loss = loss - a.entropy_coef * agg(entropy_from_logits(logits), m)
-                ctx = LossContext(rows, lp, old, dv(advantages), m, state, None,
-                                  {k: dv(v) for k, v in batch.extras.items()}, total_rows=len(mini))
-                for name, term in self.mods.extra_loss(ctx).items():
-                    loss = loss + term
-                    acc[f"loss/{name}"] += float(term.detach())
-                self.engine.backward(loss)
-                if m.any():
-                    share = float(m.sum()) / max(1.0, denom["num_tokens"])
-                    acc["algo/clip_frac"] += float(masked_mean(clipped.float(), m)) * share
-                    acc["algo/ppo_kl"] += float(masked_mean(old - lp.detach(), m)) * share
-            self.mods.on_gradients(GradView(self.engine.named_parameters()), state)
-            if not self.engine.grads_finite():
-                self.engine.skip_step()
-                acc["train/skipped_step"] += 1.0
-                continue
-            acc["train/grad_norm"] += self.engine.step()
-            acc["train/optimizer_steps"] += 1.0
-        out = {k: v / len(plan) for k, v in acc.items()}
-        out["train/lr"] = self.engine.lr
-        return out
+        T = batch.response_ids.shape[1]
+        x = UpdateInputs(torch.cat([cond[:, None], batch.response_ids], 1), torch.ones(len(batch), T + 1,
+                         dtype=torch.long), advantages, loss_mask, batch.rollout_logprobs, weight, old_logprobs,
+                         None, ref_logprobs, dict(batch.extras))
+        # A VAR row has T tokens whatever rollout.max_new_tokens says: that is the seq-mean-token-sum-norm constant.
+        spec = dataclasses.replace(UpdateSpec.from_recipe(r, a.kl_coef),
+                                   loss_scale_constant=a.loss_scale_constant or T)
+        return self.engine.update(x, minibatches(len(batch), a.ppo_epochs, a.mini_batches), spec, state, self.mods)
 
     # ------------------------------------------------------------------------------------ eval / metrics
     @torch.no_grad()
@@ -288,14 +255,9 @@ class VarTrainer(RunLoop):
                              top_p=r.rollout.top_p, cfg=vc.cfg, cfg_schedule=vc.cfg_schedule)
         n = labels.shape[0]
         meta = {k: [x for x in v for _ in range(G)] for k, v in rows.items()}
-        inp = RewardInput(prompts=meta[r.data.prompt_column], completions=[""] * n,
-                          completion_ids=s.tokens.tolist(), meta=meta, step=self.step, images=self._decode(s.tokens))
-        res = self.rewards(inp)
-        out = {"eval/accuracy": float(torch.nanmean(res.scores[:, 0]))}
-        for k, spec in enumerate(r.rewards):
-            out[f"eval/reward/{spec.metric_name}"] = float(torch.nanmean(res.scores[:, k]))
-        out["time/eval"] = time.perf_counter() - t0
-        return out
+        inp = image_reward_input(meta[r.data.prompt_column], meta, self._decode(s.tokens), self.step,
+                                 completion_ids=s.tokens.tolist())
+        return eval_metrics(self.rewards(inp).scores, r.rewards, t0)
 
     def _step_metrics(self, batch, result, raw, rewards, advantages, loss_mask, weight, sample_lp, plan) -> dict:
         m = loss_mask
@@ -308,7 +270,7 @@ class VarTrainer(RunLoop):
             "algo/adv_abs_mean": float(masked_mean(advantages.abs(), m)) if m.any() else 0.0,
             "rollout/stage": float(STAGES.index(plan.stage)),
             "rollout/rows": float(len(batch)),
-            # gap between the sampled distribution (CFG, top-k/p) and the trained one (spec §1.5)
+            # gap between the sampled distribution (CFG, top-k/p) and the trained one (docs/var.md)
             "rollout/sample_logprob_gap": float(masked_mean(sample_lp - batch.rollout_logprobs, batch.response_mask)),
             "perf/tokens": int(m.sum()),
             **result.metrics,
@@ -319,13 +281,8 @@ class VarTrainer(RunLoop):
 
     # --------------------------------------------------------------------------------- state and files
     def _load_eval_rows(self) -> dict[str, list] | None:
-        d = self.recipe.data
-        if d.eval_source is None and not d.source.startswith("builtin:"):
-            return None
-        ds = load_rows(d, d.eval_split, source=d.eval_source or d.source, base_dir=self.base_dir)
-        if d.eval_size:
-            ds = ds.select(range(min(d.eval_size, len(ds))))
-        return ds.to_dict()
+        ds = load_eval_rows(self.recipe.data, self.base_dir)
+        return None if ds is None else ds.to_dict()
 
     def _weights(self) -> dict[str, torch.Tensor]:
         # A frozen decoder (the official VQVAE) is not saved with every checkpoint: it never changes.
@@ -336,7 +293,8 @@ class VarTrainer(RunLoop):
         from safetensors.torch import save_file
 
         # safetensors: a checkpoint's weights must not be able to run code when --resume reads them.
-        save_file({k: v.detach().cpu().contiguous() for k, v in self._weights().items()}, str(out / "model.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self._weights().items()},
+                  str(out / "model.safetensors"))
 
     def _load_weights(self, folder: Path) -> None:
         from safetensors.torch import load_file
@@ -367,9 +325,23 @@ class VarTrainer(RunLoop):
         (out / "recipe.yaml").write_text(dump_recipe(self.recipe))
 
 
+class VarEngine(TorchEngine):
+    """The shared TorchEngine with the VAR teacher-forcing forward: a row of `input_ids` is [class label | T
+    scale-tokens]. Log-probs are the plain policy's (no temperature, no CFG: docs/var.md), in fp32."""
+
+    def forward(self, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
+        device = self.params[0].device
+        cond, tokens = input_ids[:, 0].to(device), input_ids[:, 1:].to(device)
+        logits = self.model(tokens, cond).float()
+        ent = None
+        if entropy:
+            ent = entropy_from_logits(logits) if entropy_grad else entropy_from_logits(logits.detach())
+        return token_logprobs(logits, tokens), ent
+
+
 def policy_loss(logits: torch.Tensor, tokens: torch.Tensor, old_logprobs: torch.Tensor | None,
                 advantages: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None, a: AlgoConfig, agg):
-    """The clipped policy loss of one micro-batch, spec §0.2: agg(ℓ_PG · w, mask).
+    """The clipped policy loss of one micro-batch (docs/var.md): agg(ℓ_PG · w, mask).
 
     logits [n,T,V] (with grad), tokens [n,T], old_logprobs [n,T] or None (on-policy single update: the old policy
     is the current one, so the ratio is 1 with the right gradient), advantages [n,T], mask [n,T] bool, weight [n,T]
@@ -382,30 +354,6 @@ def policy_loss(logits: torch.Tensor, tokens: torch.Tensor, old_logprobs: torch.
     if weight is not None:
         pg = pg * weight
     return agg(pg, mask), lp, old, clipped
-
-
-def _check_supported(r: Recipe) -> None:
-    """Options of the text trainer that the VAR trainer does not implement fail at start, naming the key."""
-    a = r.algo
-    unsupported = {
-        "algo.advantage=gae / critic": a.advantage == "gae" or r.critic is not None,
-        "algo.kl_placement=reward": a.kl_coef > 0 and a.kl_placement == "reward",
-        "algo.kl_controller=adaptive": a.kl_controller == "adaptive",
-        "algo.dynamic_sampling": a.dynamic_sampling.enabled,
-        "algo.mask_truncated": a.mask_truncated,
-        "cluster.rollout_workers": r.cluster.rollout_workers > 0,
-        "model.lora": r.model.lora is not None,
-        "sft": r.sft is not None,
-    }
-    bad = [k for k, v in unsupported.items() if v]
-    if bad:
-        raise RecipeError(f"model.kind: var does not support {', '.join(bad)} (rltune/visual/var_trainer.py); "
-                          "remove them from the recipe")
-
-
-def _reward_input(batch: RolloutBatch, images: torch.Tensor, step: int) -> RewardInput:
-    return RewardInput(prompts=batch.prompts, completions=batch.completions, completion_ids=batch.completion_ids,
-                       meta=batch.meta, step=step, images=images)
 
 
 def _reward_extras(extras: dict[str, list], n: int) -> dict[str, torch.Tensor]:

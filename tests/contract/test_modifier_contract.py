@@ -1,8 +1,10 @@
-"""The modifier contract (ARCHITECTURE rules 3 and 6), checked for EVERY installed `rltune.modifiers` entry point.
+"""The modifier contract, checked for EVERY installed `rltune.modifiers` entry point: modifiers are the one
+extension mechanism, and hooks get typed contexts, return new tensors and never mutate their inputs.
 
-Built with default args on a small hand-made batch, each overridden hook must keep shapes, leave its inputs
-untouched, be deterministic for the same (seed, step) (and differ across steps where it draws noise), and
-`state_dict` must round-trip. The pipeline must reject misspelled hooks and name the modifier and the hook that
+Built with default args on a small hand-made batch (with the VAR token layout in its extras, and a tiny diffusion
+policy's context for the diffusion-only ones), each overridden hook must keep shapes, leave its inputs untouched,
+act (change what it is for: no hook may pass by doing nothing), be deterministic for the same (seed, step) (and
+differ across steps where it draws noise), and `state_dict` must round-trip. The pipeline must reject misspelled hooks and name the modifier and the hook that
 returned a wrong shape or a NaN.
 """
 
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from rltune import plugins
+from rltune.families import supported_families
 from rltune.data.batch import PromptBatch, RolloutBatch
 from rltune.modifiers.base import (
     AdvantageContext,
@@ -48,8 +51,18 @@ def _batch() -> RolloutBatch:
         group_id=torch.arange(B).repeat_interleave(G), truncated=torch.zeros(N, dtype=torch.bool),
         prompts=["1+2="] * G + ["3+4="] * G, completions=["3"] * N,
         meta={"answer": ["3"] * G + ["7"] * G, "solution": ["3"] * G + ["7"] * G},
-        extras={"hint_mask": pos[None] < hint_len[:, None], "is_hint": hint_len > 0},
+        extras={"hint_mask": pos[None] < hint_len[:, None], "is_hint": hint_len > 0, **_var_layout()},
     )
+
+
+def _var_layout() -> dict[str, torch.Tensor]:
+    """The VAR trainer's extras for T = 6 = 1 + 1 + 4 tokens (scales 1×1, 1×1, 2×2) of an 8×8 image, a box on its
+    top-left quadrant, and K = 2 completions per prefix (VMR's prefix step)."""
+    scales = torch.tensor([[1, 1], [1, 1], [2, 2]])
+    return {"scale_idx": torch.tensor([0, 1, 2, 2, 2, 2]).expand(N, T).clone(),
+            "scale_hw": scales.expand(N, -1, -1).clone(), "image_hw": torch.tensor([8, 8]).expand(N, 2).clone(),
+            "boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0]]).expand(N, 1, 4).clone(),
+            "prefix_id": torch.arange(N) // 2}
 
 
 BATCH = _batch()
@@ -78,9 +91,34 @@ def _adv() -> torch.Tensor:
     return group_norm(RAW, BATCH.group_id, BATCH.response_mask)
 
 
-def _args(hook: str, step: int = 3):
+def _diffusion_ctx(name: str, st: StepState):
+    """A DiffusionLossContext on a random-init tiny policy (flow for direct_align, stochastic DDIM otherwise)."""
+    import sys
+
+    from rltune.visual.diffusion_context import DiffusionLossContext
+    from rltune_rewards.image_scorer import TinyClipScorer
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "unit" / "visual"))
+    from diffusion_helpers import tiny_policy
+
+    if name not in _POLICIES:
+        _POLICIES[name] = tiny_policy("flow" if name == "direct_align" else "ddim", steps=3, eta=1.0)
+    pol = _POLICIES[name]
+    ro = pol.rollout(["a red square", "a blue square"], torch.Generator().manual_seed(st.step))
+    adv = torch.tensor([[1.0, 0.5, -1.0], [-1.0, 0.25, 1.0]])
+    return DiffusionLossContext(torch.arange(2), ro, pol, lambda im, p: im[:, 0].mean((1, 2)), (TinyClipScorer(),),
+                                torch.zeros(2), st, total_rows=2, advantages=adv)
+
+
+_POLICIES: dict = {}
+
+
+def _args(hook: str, step: int = 3, name: str = ""):
     """Fresh inputs for `hook` (the tensors are re-made each time, so a mutation cannot leak between calls)."""
     st = _state(step)
+    if name and supported_families(plugins.resolve(name, "modifiers")) == ["diffusion"]:
+        assert hook == "extra_loss", hook
+        return (_diffusion_ctx(name, st),)
     if hook == "on_prompts":
         return (_prompts(), PromptContext(st, _probe, samples_per_prompt=G))
     if hook == "shape_rewards":
@@ -153,6 +191,17 @@ def _check_output(hook: str, out, args) -> None:
         assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
 
 
+def _acts(hook: str, out, args) -> bool:
+    """The hook changed what it is for (a modifier that returns its input unchanged would pass vacuously)."""
+    if hook == "on_prompts":
+        return out.hints is not None or out.plan is not None or out.meta.keys() != args[0].meta.keys()
+    if hook in ("shape_rewards", "shape_advantages"):
+        return not _same(out, args[0])
+    if hook == "token_weights":
+        return out is not None and (out.weight is not None or out.mask is not None)
+    return bool(out) and all(v.requires_grad for v in out.values())
+
+
 # ------------------------------------------------------------------------------------ every entry point
 def test_builtins_are_installed() -> None:
     assert {"redit", "empg", "adhint"} <= set(ENTRY_POINTS)
@@ -165,7 +214,7 @@ def test_hooks_keep_shapes_and_do_not_mutate(name: str) -> None:
     assert hooks, f"{name} overrides no hook"
     ModifierPipeline([(name, mod)])                      # `requires` is satisfiable by the trainer
     for hook in hooks:
-        args = _args(hook)
+        args = _args(hook, name=name)
         before = _snapshot(args)
         out = getattr(mod, hook)(*args)
         _check_output(hook, out, args)
@@ -174,14 +223,23 @@ def test_hooks_keep_shapes_and_do_not_mutate(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_every_hook_acts(name: str) -> None:
+    """At step 0 (VMR's prefix stage) every overridden hook changes its output; none is a silent no-op."""
+    mod = _build(name)
+    for hook in _overridden(type(mod)):
+        args = _args(hook, step=0, name=name)
+        assert _acts(hook, getattr(mod, hook)(*args), args), f"{name}.{hook} did nothing"
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
 def test_deterministic_per_step(name: str) -> None:
     cls = type(_build(name))
     for hook in _overridden(cls):
-        a = getattr(_build(name), hook)(*_args(hook, step=3))
-        b = getattr(_build(name), hook)(*_args(hook, step=3))
+        a = getattr(_build(name), hook)(*_args(hook, step=3, name=name))
+        b = getattr(_build(name), hook)(*_args(hook, step=3, name=name))
         assert _same(a, b), f"{name}.{hook} is not deterministic for the same (seed, step)"
         if hook in RANDOM_HOOKS.get(name, ()):
-            c = getattr(_build(name), hook)(*_args(hook, step=4))
+            c = getattr(_build(name), hook)(*_args(hook, step=4, name=name))
             assert not _same(a, c), f"{name}.{hook} draws the same noise at different steps"
 
 
@@ -191,7 +249,7 @@ def test_state_dict_round_trips(name: str, tmp_path) -> None:
 
     mod = _build(name)
     for hook in _overridden(type(mod)):
-        getattr(mod, hook)(*_args(hook))
+        getattr(mod, hook)(*_args(hook, name=name))
     mod.on_step_end({}, _state())
     save_state({"mod": mod.state_dict()}, tmp_path)     # what a checkpoint does (JSON + safetensors)
     fresh = _build(name)

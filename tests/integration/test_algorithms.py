@@ -103,18 +103,20 @@ def test_epochs_and_mini_batches(tiny_recipe, monkeypatch):
 def _capture_updates(monkeypatch):
     """Per step: the update's inputs (advantages, loss mask) and the step's batch."""
     seen = []
-    update, metrics = TorchEngine.update, Trainer._step_metrics
+    import rltune.trainer as trainer_module
+
+    update, metrics = TorchEngine.update, trainer_module.step_metrics
 
     def spy_update(self, x, *args):
         seen.append({"advantages": x.advantages.clone(), "loss_mask": x.loss_mask.clone()})
         return update(self, x, *args)
 
-    def spy_metrics(self, batch, *args):
+    def spy_metrics(batch, *args):
         seen[-1]["batch"] = batch
-        return metrics(self, batch, *args)
+        return metrics(batch, *args)
 
     monkeypatch.setattr(TorchEngine, "update", spy_update)
-    monkeypatch.setattr(Trainer, "_step_metrics", spy_metrics)
+    monkeypatch.setattr(trainer_module, "step_metrics", spy_metrics)
     return seen
 
 

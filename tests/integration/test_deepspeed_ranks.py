@@ -143,3 +143,20 @@ def test_reference_model_and_critic_on_the_ranks_match_one_process(tiny_recipe, 
     assert want[-1]["algo/kl"] > 0 and want[-1]["critic/values_mean"] != 0  # both parts did something
     # The ranks' checkpoint holds the critic's shards next to the policy's.
     assert (ckpt.find_latest(t.ckpt_root) / "deepspeed" / "critic").is_dir()
+
+
+def test_rank_side_modifier_metrics_reach_the_log_and_its_state_resumes(tiny_recipe):
+    """extra_loss runs on the ranks: rank 0's instance reports there (not the driver's idle copy, which would say 0),
+    and the ranks' instances are checkpointed, so a resumed run continues the count."""
+    over = {**OVER, "cluster": {"train_ranks": 2, "zero_stage": 2},
+            "modifiers": [{"use": "tests/helpers/modifiers.py:CountingLoss", "name": "count"}],
+            "run": {"steps": 3, "save_interval": 1}}
+    t = Trainer(tiny_recipe(**over), overwrite=True)
+    t.train_step(); t.step += 1; t.save_checkpoint()  # noqa: E702 (stop after step 1)
+    t.engine.shutdown()
+    t2 = Trainer(tiny_recipe(**over), resume=True)
+    t2.fit()
+    calls = [m["mod/count/calls"] for m in read_metrics(t2.run_dir) if "mod/count/calls" in m]
+    # 16 rows, 2 mini-batches × 2 epochs, each rank's half of a mini-batch (4 rows) in micro-batches of 2:
+    # 2 calls per optimizer step, 8 per training step on rank 0; steps 2 and 3 continue from step 1's 8.
+    assert calls == [16.0, 24.0], calls

@@ -120,3 +120,15 @@ def test_bench_ordering_on_two_seeds(tmp_path):
             auc[v].append(sum(curve) / len(curve))
     for s in range(2):
         assert auc["vanilla"][s] < auc["reweight"][s] < auc["reweight+mask"][s], auc
+
+
+def test_shared_update_counts_optimizer_steps_and_honours_loss_scale_constant(tmp_path):
+    """VAR runs the text trainer's run_update: 2 epochs × 2 mini-batches are 4 optimizer steps (the old VAR loop
+    divided the count by the mini-batches and logged 1.0), and algo.loss_scale_constant scales the loss."""
+    algo = {"ppo_epochs": 2, "mini_batches": 2, "loss_agg": "seq-mean-token-sum-norm"}
+    last = build_trainer(_recipe(tmp_path, "a", run={"steps": 1}, algo=algo), ROOT).fit()
+    assert last["train/optimizer_steps"] == 4.0 and "train/skipped_step" not in last
+    half = build_trainer(_recipe(tmp_path, "b", run={"steps": 1}, algo=algo | {"loss_scale_constant": 170}),
+                         ROOT).fit()
+    # T = 1 + 4 + 16 + 64 = 85 tokens per row: a constant of 170 halves the first mini-batch's loss
+    assert half["loss/policy"] == pytest.approx(last["loss/policy"] / 2, rel=0.2)

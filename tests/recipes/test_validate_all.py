@@ -41,3 +41,18 @@ def test_validate_names_the_problem(tmp_path, over, expected):
     assert r.returncode == 2  # a user error (issue 20: validate exits 2 like train/show)
     for piece in expected:
         assert piece in r.stdout, (piece, r.stdout)
+
+
+@pytest.mark.parametrize("recipe, over, expected", [
+    ("diffusion-tiny-alignprop.yaml", {"algo": {"kl_coef": 0.1}}, ["algo.kl_coef=0.1", "model.kind: diffusion"]),
+    ("diffusion-tiny-alignprop.yaml", {"modifiers": [{"use": "alignprop"}, {"use": "redit"}]},
+     ["'redit'", "model.kind: diffusion", "shape_rewards"]),
+])
+def test_validate_refuses_what_the_family_ignores(tmp_path, recipe, over, expected):
+    """A key or modifier the policy family would silently ignore fails `rltune validate` with exit 2."""
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(merge(yaml.safe_load((ROOT / "recipes" / recipe).read_text()), over)))
+    r = _validate(p)
+    assert r.returncode == 2
+    for piece in expected:
+        assert piece in " ".join(r.stdout.split()), (piece, r.stdout)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from rltune.algo import group_norm
 from rltune.modifiers.base import RewardContext, StepState
-from rltune.modifiers.redit import ReDit, dither, draw_noise, flat_groups, scheduled_sigma
+from rltune.algo import flat_groups, group_norm
+from rltune.modifiers.redit import ReDit, dither, draw_noise, scheduled_sigma
 
 F64 = torch.float64
 EPS = torch.tensor([0.03, -0.02, 0.05, -0.01], dtype=F64)

@@ -10,6 +10,7 @@ import torch
 from diffusion_helpers import tiny_policy
 
 from rltune.modifiers.base import LossContext, StepState
+from rltune.modifiers.ddpo import DDPO
 from rltune.modifiers.reward_backprop import (
     AlignProp,
     DirectAlign,
@@ -149,11 +150,14 @@ def _ctx(pol, n=2, step=3, scorers=()):
                                 StepState(step=step, seed=11, total_steps=10), total_rows=n)
 
 
-def test_modifiers_ignore_text_contexts():
+def test_modifiers_refuse_text_contexts():
+    """Not a silent {}: `rltune validate` keeps them out of other families, and a direct call says why."""
     lp = torch.zeros(2, 3, requires_grad=True)
     ctx = LossContext(torch.arange(2), lp, lp.detach(), torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool),
                       StepState(step=0, seed=0))
-    assert AlignProp().extra_loss(ctx) == {} and DirectAlign().extra_loss(ctx) == {}
+    for mod in (AlignProp(), DirectAlign(), DDPO()):
+        with pytest.raises(TypeError, match="diffusion trainer only"):
+            mod.extra_loss(ctx)
 
 
 def test_alignprop_loss_value_k_and_lora_gradient():

@@ -181,8 +181,11 @@ def test_scale_reweight_matches_panw():
     assert torch.allclose(w[0], expect) and torch.allclose(w[1], expect)
 
 
-def test_no_var_layout_is_a_noop_with_a_warning():
+def test_no_var_layout_is_an_error_not_a_silent_noop():
+    from rltune.modifiers.scale_reweight import ScaleReweight
+
     ctx = LossContext(torch.arange(2), torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3),
                       torch.ones(2, 3, dtype=torch.bool), StepState(0, 0))
-    with pytest.warns(UserWarning, match="no VAR token layout"):
-        assert VarMask().token_weights(ctx) is None
+    for mod in (VarMask(), ScaleReweight()):
+        with pytest.raises(ValueError, match="VAR token layout.*model.kind: var"):
+            mod.token_weights(ctx)

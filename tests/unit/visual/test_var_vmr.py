@@ -51,10 +51,14 @@ def test_alternation_and_first_rows():
     assert first_of_prefix(torch.tensor([5, 5, 2, 2, 5])).tolist() == [True, False, True, False, False]
 
 
-def test_on_prompts_writes_the_plan_without_touching_the_input():
+def test_on_prompts_attaches_a_typed_plan_without_touching_the_input():
+    from rltune.visual.var_plan import RolloutPlan
+
     pb = PromptBatch(prompts=["class 0", "class 1"], meta={"label": [0, 1]})
     out = VMR(split=2, k=3).on_prompts(pb, PromptContext(StepState(step=0, seed=0)))
-    assert out.meta["var_stage"] == ["prefix"] * 2 and out.meta["var_k"] == [3, 3] and out.meta["var_split"] == [2, 2]
-    assert set(pb.meta) == {"label"}
+    assert out.plan == RolloutPlan("prefix", 2, 3) and out.meta == {"label": [0, 1]}   # no plan columns
+    assert pb.plan is None and set(pb.meta) == {"label"}
     out = VMR(split=2, k=3).on_prompts(pb, PromptContext(StepState(step=3, seed=0)))
-    assert out.meta["var_stage"] == ["suffix"] * 2 and out.meta["var_k"] == [1, 1]
+    assert out.plan == RolloutPlan("suffix", 2, 1)
+    with pytest.raises(ValueError, match="0 < split < 4"):
+        RolloutPlan("prefix", 4, 1).check(4)
