@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from rltune.config.schema import TrainConfig
+from rltune.models.lm_head import head_logprobs, head_of, log_fallback
 from rltune.modifiers.base import GradView
 from rltune.ops import entropy_from_logits, logprobs_from_logits
 
@@ -37,23 +38,21 @@ def response_logprobs(
     """
     T = response_len
     P = input_ids.shape[1] - T
-    shared = _shared_prompt_logits(model, input_ids, attention_mask, P, T, always_split) if P > 0 else None
-    if shared is not None:
-        logits = shared
-    else:
+    dec, head, why = head_of(model)
+    if head is None:
+        log_fallback(model, why)
+    fwd = _Forward(model, dec)
+    shared = _shared_prompt_outputs(fwd, input_ids, attention_mask, P, T, always_split) if P > 0 else None
+    if shared is None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = model(
-            input_ids=input_ids,
-            attention_mask=_key_mask(attention_mask, P),
-            position_ids=position_ids,
-            logits_to_keep=T + 1,
-            use_cache=False,
-        )
-        logits = out.logits[:, :-1]
-    logits = logits.float()
+        shared = fwd(input_ids, _key_mask(attention_mask, P), position_ids, T + 1, use_cache=False)[0][:, :-1]
+    ids = input_ids[:, -T:]
+    if head is not None:  # [n,T,H] hidden states -> log-probs a chunk of tokens at a time, no [n,T,V] logits
+        return head_logprobs(shared, head.weight, head.bias, ids, temperature, entropy, entropy_grad)
+    logits = shared.float()
     if temperature != 1.0:
         logits = logits / temperature
-    logprobs = logprobs_from_logits(logits, input_ids[:, -T:])
+    logprobs = logprobs_from_logits(logits, ids)
     ent = None
     if entropy_grad:
         ent = entropy_from_logits(logits)
@@ -63,31 +62,54 @@ def response_logprobs(
     return logprobs, ent
 
 
-def _shared_prompt_logits(model, input_ids, attention_mask, P: int, T: int,
-                          always: bool = False) -> torch.Tensor | None:
-    """Logits [n,T,V] predicting the response tokens, with each distinct prompt forwarded once; None when no
-    prompt repeats or the model cannot take a KV cache here (gradient checkpointing turns the cache off)."""
-    base = getattr(model, "module", model)  # DeepSpeed wraps the module
-    flag = "is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing") else "is_gradient_checkpointing"
-    if getattr(base, flag, False):
+class _Forward:
+    """One forward of the causal LM returning (the last `keep` positions' outputs, cache): hidden states [n,keep,H]
+    from the decoder when the chunked head is used (`decoder` given), else logits [n,keep,V] from the full model."""
+
+    def __init__(self, model: nn.Module, decoder: nn.Module | None):
+        self.model, self.decoder = model, decoder
+
+    def __call__(self, ids, mask, pos, keep: int, use_cache: bool, cache=None):
+        kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=use_cache)
+        if cache is not None:
+            kw[_cache_kwarg(self.decoder or self.model)] = cache
+        if self.decoder is None:
+            out = self.model(**kw, logits_to_keep=keep)
+            res = out.logits
+        else:
+            out = self.decoder(**kw)
+            res = out.last_hidden_state[:, -keep:]
+        return res, getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+
+    @property
+    def checkpointing(self) -> bool:
+        base = getattr(self.model, "module", self.model)  # DeepSpeed wraps the module
+        flag = ("is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing")
+                else "is_gradient_checkpointing")
+        return bool(getattr(base, flag, False))
+
+
+def _shared_prompt_outputs(fwd: _Forward, input_ids, attention_mask, P: int, T: int,
+                           always: bool = False) -> torch.Tensor | None:
+    """Outputs [n,T,·] (logits or hidden states, see _Forward) at the positions predicting the response tokens,
+    with each distinct prompt forwarded once; None when no prompt repeats or the model cannot take a KV cache here
+    (gradient checkpointing turns the cache off)."""
+    if fwd.checkpointing:
         return None
     key = torch.cat([input_ids[:, :P], attention_mask[:, :P].long()], dim=1)
     uniq, inv = torch.unique(key, dim=0, return_inverse=True)
     if len(uniq) == len(key) and not always:
         return None
     pm = uniq[:, P:]
-    out_p = model(input_ids=uniq[:, :P], attention_mask=_key_mask(pm, P), position_ids=(pm.cumsum(-1) - 1).clamp(min=0),
-                  use_cache=True, logits_to_keep=1)
-    cache = getattr(out_p, "cache", None) or getattr(out_p, "past_key_values", None)
+    out_p, cache = fwd(uniq[:, :P], _key_mask(pm, P), (pm.cumsum(-1) - 1).clamp(min=0), 1, use_cache=True)
     if cache is None or not hasattr(cache, "reorder_cache"):
         return None
     cache.reorder_cache(inv)  # index_select per layer: differentiable, so prompt gradients add up per row
     mask = attention_mask.long()
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]
-    out_r = model(input_ids=input_ids[:, P:], attention_mask=_key_mask(mask, P), position_ids=pos, use_cache=True,
-                  logits_to_keep=T, **{_cache_kwarg(base): cache})
+    out_r, _ = fwd(input_ids[:, P:], _key_mask(mask, P), pos, T, use_cache=True, cache=cache)
     # Position P−1 (the prompt's last) predicts response token 0; response positions 0..T−2 predict tokens 1..T−1.
-    return torch.cat([out_p.logits[:, -1:][inv], out_r.logits[:, :-1]], dim=1)
+    return torch.cat([out_p[:, -1:][inv], out_r[:, :-1]], dim=1)
 
 
 def _key_mask(attention_mask: torch.Tensor, P: int) -> torch.Tensor | None:
@@ -101,6 +123,7 @@ def _cache_kwarg(model: nn.Module) -> str:
     """transformers renamed `past_key_values` to `cache` (5.2x); take whichever the model's forward accepts."""
     import inspect
 
+    model = getattr(model, "module", model)
     params = inspect.signature(getattr(model, "get_base_model", lambda: model)().forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
