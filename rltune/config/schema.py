@@ -330,6 +330,15 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     micro_batch_size: PositiveInt = Field(64, description="Completions per forward/backward (gradient accumulation).")
+    max_tokens_per_micro_batch: PositiveInt | None = Field(
+        None, description="Form the update's micro-batches by a token budget instead of micro_batch_size rows: "
+        "consecutive rows while their real tokens (prompt + response, no padding) fit; a longer row goes alone. The "
+        "loss is normalised by the mini-batch's counts, so the gradient does not depend on the split. None = rows.")
+    padding_free: Literal["auto", "on", "off"] = Field(
+        "auto", description="Run a micro-batch's real tokens as one packed sequence (per-row position ids, "
+        "block-diagonal causal attention) where the shared-prompt forward is not taken. auto: only under "
+        "flash-attention (varlen kernels); sdpa/eager would build a dense block mask over all the tokens, slower "
+        "than padding on short rows. on: always (exact either way). off: padded rows.")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Clip the global gradient norm (None = off).")
     max_skipped_steps: PositiveInt = Field(
         5, description="Steps with a non-finite loss/gradient are skipped (weights untouched); this many in a row "

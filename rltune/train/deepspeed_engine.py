@@ -15,6 +15,7 @@ from torch import nn
 
 from rltune.config.schema import TrainConfig
 from rltune.modifiers.base import GradView
+from rltune.train.packing import use_packing
 from rltune.train.torch_engine import _schedule, response_logprobs
 
 
@@ -63,7 +64,8 @@ class DeepSpeedEngine:
     # -- the TorchEngine surface used by rltune/train/update.py
     def forward(self, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
         return response_logprobs(self.ds, input_ids, attention_mask, response_len, temperature, entropy,
-                                 entropy_grad, always_split=self.zero_stage == 3)
+                                 entropy_grad, always_split=self.zero_stage == 3,
+                                 pack=use_packing(self.cfg.padding_free, self.ds))
 
     def set_boundary(self, is_last_micro_batch: bool) -> None:
         self._boundary = is_last_micro_batch

@@ -14,6 +14,7 @@ from rltune.config.schema import TrainConfig
 from rltune.models.lm_head import head_logprobs, head_of, log_fallback
 from rltune.modifiers.base import GradView
 from rltune.ops import entropy_from_logits, logprobs_from_logits
+from rltune.train.packing import pack_rows, use_packing
 
 
 def response_logprobs(
@@ -25,6 +26,7 @@ def response_logprobs(
     entropy: bool = False,
     entropy_grad: bool = False,
     always_split: bool = False,
+    pack: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [n,T] of the last T tokens of `input_ids` [n,P+T], and their entropy [n,T] (detached unless
     `entropy_grad`, for an entropy bonus in the loss).
@@ -34,7 +36,8 @@ def response_logprobs(
     distinct prompts run once, their KV cache is gathered to the rows and only the responses run per row
     (gradients flow through the shared prompt as through separate copies; tested equal to the plain forward).
     `always_split` takes that two-pass path even when no prompt repeats: under ZeRO-3 every rank must run the same
-    number of module forwards (each gathers the partitioned weights collectively).
+    number of module forwards (each gathers the partitioned weights collectively). `pack`: where the shared-prompt
+    forward is not taken, run the rows' real tokens as one packed sequence (rltune/train/packing.py).
     """
     T = response_len
     P = input_ids.shape[1] - T
@@ -43,10 +46,14 @@ def response_logprobs(
         log_fallback(model, why)
     fwd = _Forward(model, dec)
     shared = _shared_prompt_outputs(fwd, input_ids, attention_mask, P, T, always_split) if P > 0 else None
+    ids = input_ids[:, -T:]
+    if shared is None and pack and head is not None:
+        out = _packed_logprobs(fwd, head, input_ids, attention_mask, T, temperature, entropy, entropy_grad)
+        if out is not None:
+            return out
     if shared is None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         shared = fwd(input_ids, _key_mask(attention_mask, P), position_ids, T + 1, use_cache=False)[0][:, :-1]
-    ids = input_ids[:, -T:]
     if head is not None:  # [n,T,H] hidden states -> log-probs a chunk of tokens at a time, no [n,T,V] logits
         return head_logprobs(shared, head.weight, head.bias, ids, temperature, entropy, entropy_grad)
     logits = shared.float()
@@ -60,6 +67,20 @@ def response_logprobs(
         with torch.no_grad():
             ent = entropy_from_logits(logits.detach())
     return logprobs, ent
+
+
+def _packed_logprobs(fwd, head, input_ids, attention_mask, T, temperature, entropy, entropy_grad):
+    """response_logprobs on the packed real tokens (no padding); None when the rows cannot be packed."""
+    packed = pack_rows(input_ids, attention_mask, T)
+    if packed is None:
+        log_fallback(fwd.model, "padding-free: a row's real tokens are not contiguous; padded forward")
+        return None
+    flat, pos, index, valid = packed
+    hidden = fwd(flat, None, pos, flat.shape[1], use_cache=False)[0][0]  # [L,H]
+    lp, ent = head_logprobs(hidden[index], head.weight, head.bias, input_ids[:, -T:], temperature, entropy,
+                            entropy_grad)
+    zero = lp.new_zeros(())
+    return torch.where(valid, lp, zero), (None if ent is None else torch.where(valid, ent, zero))
 
 
 class _Forward:
@@ -146,7 +167,7 @@ class TorchEngine:
 
     def forward(self, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
         return response_logprobs(self.model, input_ids, attention_mask, response_len, temperature, entropy,
-                                 entropy_grad)
+                                 entropy_grad, pack=use_packing(self.cfg.padding_free, self.model))
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
