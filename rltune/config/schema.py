@@ -519,6 +519,11 @@ class Recipe(Section):
             raise ValueError(f"with cluster.zero_stage=3 each mini-batch ({n // mini} rows) must split evenly over "
                              f"cluster.train_ranks={ranks}; change rollout.prompts_per_step, samples_per_prompt or "
                              "algo.mini_batches")
+        if ranks > 1 and self.cluster.zero_stage == 3 and self.train.max_tokens_per_micro_batch is not None:
+            # Token budgets give ranks different micro-batch counts, hence different numbers of collective forwards.
+            raise ValueError("train.max_tokens_per_micro_batch cannot be used with cluster.zero_stage=3 and several "
+                             "train_ranks (ranks would run different numbers of collective forwards); use "
+                             "train.micro_batch_size, or zero_stage 1/2")
         if a.advantage == "gae" and self.critic is None:
             raise ValueError("algo.advantage=gae needs a value model: add a `critic:` section (e.g. `critic: {lr: "
                              "1.0e-5}`; it starts from the policy's model) or pick a critic-free estimator ("

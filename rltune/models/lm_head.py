@@ -24,7 +24,8 @@ __all__ = ["head_logprobs", "head_of", "chunk_tokens"]
 
 # Config attributes of transformers models whose logits are not hidden @ W.T + b (soft-cap, scaling).
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "logit_softcapping",
-                     "output_logits_scale", "mup_width_multiplier", "dim_model_base")
+                     "output_logits_scale", "mup_width_multiplier", "dim_model_base", "lm_head_multiplier",
+                     "output_multiplier_scale", "scale_width")
 
 
 def chunk_tokens(vocab: int, floats: int = 1 << 23) -> int:
