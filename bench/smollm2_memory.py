@@ -19,6 +19,7 @@ Runs, one invocation, each trainer configuration in its own subprocess:
   trl_nogc      TRL with gradient_checkpointing=False (the previous runs of this bench compared this one)
   rltune        rltune at its defaults (chunked LM head; model.gradient_checkpointing=false)
   rltune_gc     rltune's lowest-memory exact-math configuration (model.gradient_checkpointing=true)
+  rltune_gc_bf16  MEMORY OVER EXACTNESS, not an exact-math row: rltune_gc + train.autocast=bfloat16
   big_trl, big_rltune, big_rltune_gc   the same on the large-vocabulary model
 Each child is reaped with os.wait4: ru_maxrss is that child's peak RSS alone. The box is shared: s/step is
 flagged as contaminated when the 1-min load average before a run is > 1 (peak RSS is still valid).
@@ -44,10 +45,12 @@ TMP = ROOT / "bench/results/tmp/smollm2-bench"
 MODEL_DIR = ROOT / "bench/results/tmp/smollm2-hf"
 BIG_DIR = ROOT / "bench/results/tmp/bigvocab-hf"
 BIG_VOCAB = 151_936  # Qwen2.5's
-# name -> (trainer, gradient checkpointing, large-vocabulary model)
-RUNS = {"trl_gc": ("trl", True, False), "rltune_gc": ("rltune", True, False), "rltune": ("rltune", False, False),
-        "trl_nogc": ("trl", False, False), "big_trl": ("trl", True, True), "big_rltune": ("rltune", False, True),
-        "big_rltune_gc": ("rltune", True, True)}
+# name -> (trainer, gradient checkpointing, large-vocabulary model, rltune's train.autocast)
+RUNS = {"trl_gc": ("trl", True, False, "off"), "rltune_gc": ("rltune", True, False, "off"),
+        "rltune": ("rltune", False, False, "off"), "trl_nogc": ("trl", False, False, "off"),
+        "rltune_gc_bf16": ("rltune", True, False, "bfloat16"),
+        "big_trl": ("trl", True, True, "off"), "big_rltune": ("rltune", False, True, "off"),
+        "big_rltune_gc": ("rltune", True, True, "off")}
 DATA = TMP / "problems.jsonl"
 PROMPTS, SAMPLES, MAX_NEW, LR, MICRO = 4, 4, 32, 1e-6, 16
 ENV_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -126,7 +129,7 @@ def child_rltune(a) -> dict:
                     "temperature": 1.0},
         "algo": {"advantage": "group_norm", "scale_rewards": "group", "clip_low": 0.2, "clip_high": 0.2,
                  "loss_agg": "token-mean", "kl_coef": 0.0},
-        "train": {"lr": LR, "micro_batch_size": MICRO, "max_grad_norm": 1.0},
+        "train": {"lr": LR, "micro_batch_size": MICRO, "max_grad_norm": 1.0, "autocast": a.autocast},
         "rewards": [{"use": "math_accuracy", "args": {"column": "answer"}}],
     }, source="bench/smollm2_memory.py")
     tr = build_trainer(r, base_dir=ROOT, overwrite=True)
@@ -197,12 +200,13 @@ def child_trl(a) -> dict:
 
 # ----------------------------------------------------------------------------------------------- parent
 def run_child(name: str, a, env: dict) -> dict:
-    trainer, gc, big = RUNS[name]
+    trainer, gc, big, autocast = RUNS[name]
     out, log = TMP / f"{name}.json", TMP / f"{name}.log"
     out.unlink(missing_ok=True)
     la = os.getloadavg()
     cmd = [sys.executable, __file__, "--child", trainer, "--out", str(out), "--threads", str(a.threads),
-           "--steps", str(a.steps), *(["--gradient-checkpointing"] if gc else []), *(["--big-vocab"] if big else [])]
+           "--steps", str(a.steps), *(["--gradient-checkpointing"] if gc else []), *(["--big-vocab"] if big else []),
+           "--autocast", autocast]
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -211,7 +215,8 @@ def run_child(name: str, a, env: dict) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{name} failed; see {log}:\n" + log.read_text()[-3000:])
     res = json.loads(out.read_text()) if out.is_file() else {}
-    res |= {"trainer": trainer, "gradient_checkpointing": gc, "model": "bigvocab" if big else "smollm2",
+    res |= {"trainer": trainer, "gradient_checkpointing": gc, "autocast": autocast,
+            "model": "bigvocab" if big else "smollm2",
             "peak_rss_mb": round(ru.ru_maxrss / 1024, 1), "process_wall_s": round(wall, 1),
             "process_cpu_s": round(ru.ru_utime + ru.ru_stime, 1), "load_avg_before_1_5_15": [round(x, 2) for x in la],
             "log": str(log.relative_to(ROOT))}
@@ -229,6 +234,8 @@ COMPARISONS = [
      0.50, 1.0),
     ("defaults vs defaults (TRL: checkpointing on; rltune: off)", "trl_gc", "rltune", 0.50, 0.67),
     ("no checkpointing in either (the previous runs' setting)", "trl_nogc", "rltune", None, None),
+    ("MEMORY OVER EXACTNESS (not exact math): rltune checkpointing + bf16 autocast vs TRL defaults", "trl_gc",
+     "rltune_gc_bf16", None, None),
     ("large vocabulary 151,936, defaults vs defaults", "big_trl", "big_rltune", 0.35, None),
     ("large vocabulary, both checkpointing", "big_trl", "big_rltune_gc", 0.35, None),
 ]
@@ -257,10 +264,12 @@ def write_md(res: dict) -> str:
          f"{s['max_new_tokens']} new tokens, lr {s['lr']}, beta 0, token-mean (TRL dapo), micro batch 16; "
          f"1 warm-up + {s['timed_steps']} timed steps; each run in its own subprocess (peak RSS = wait4 ru_maxrss "
          "of that child).", "",
-         "| run | trainer | model | checkpointing | peak RSS MB | s/step median | load before | contaminated |",
-         "|---|---|---|---|---|---|---|---|"]
+         "| run | trainer | model | checkpointing | autocast | peak RSS MB | s/step median | load before "
+         "| contaminated |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for n, x in res["runs"].items():
-        L.append(f"| {n} | {x['trainer']} | {x['model']} | {x['gradient_checkpointing']} | {x['peak_rss_mb']:.0f} | "
+        L.append(f"| {n} | {x['trainer']} | {x['model']} | {x['gradient_checkpointing']} | {x['autocast']} | "
+                 f"{x['peak_rss_mb']:.0f} | "
                  f"{x['s_per_step_median']:.3f} | {x['load_avg_before_1_5_15'][0]} | {x['s_per_step_contaminated']} |")
     L += ["", "| comparison | peak RSS rltune/TRL | target | s/step rltune/TRL | target |", "|---|---|---|---|---|"]
     for c in res["comparisons"]:
@@ -286,6 +295,7 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--big-vocab", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--autocast", default="off", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         if a.child == "prepare":

@@ -136,7 +136,11 @@ class ModelConfig(Section):
     tokenizer: str = Field("char", description="`char` (built-in offline character tokenizer) or a folder.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: LoraConfig | None = Field(None, description="Train a LoRA adapter (PEFT) instead of all weights.")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward (policy and critic; the reference "
+        "keeps none): the update's activations shrink to one hidden state per layer for about one more forward. "
+        "Pays when a micro-batch's activations are large next to the 16 bytes/parameter of fp32 weights + grads + "
+        "AdamW (long responses, big micro-batches; docs/scaling.md); also turns the shared-prompt forward off.")
     diffusion: DiffusionModelConfig | None = Field(None, description="Diffusion policy settings (kind: diffusion).")
     var: VarModelConfig | None = Field(None, description="VAR policy settings (kind: var).")
 
@@ -334,6 +338,11 @@ class TrainConfig(Section):
         None, description="Form the update's micro-batches by a token budget instead of micro_batch_size rows: "
         "consecutive rows while their real tokens (prompt + response, no padding) fit; a longer row goes alone. The "
         "loss is normalised by the mini-batch's counts, so the gradient does not depend on the split. None = rows.")
+    autocast: Literal["off", "bfloat16"] = Field(
+        "off", description="MEMORY OVER EXACTNESS: run the update's forward under bf16 autocast (weights, gradients "
+        "and AdamW stay fp32; the LM head and the log-probs stay fp32). Activations are about half the bytes, but the "
+        "log-probs differ from the fp32 ones by bf16 rounding (scoring stays fp32, so with ppo_epochs or mini_batches "
+        "> 1 the first ratio is not exactly 1). off = exact fp32 (or the model's dtype).")
     padding_free: Literal["auto", "on", "off"] = Field(
         "auto", description="Run a micro-batch's real tokens as one packed sequence (per-row position ids, "
         "block-diagonal causal attention) where the shared-prompt forward is not taken. auto: only under "

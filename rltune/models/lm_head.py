@@ -108,11 +108,13 @@ def head_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tens
     if hidden.shape[:-1] != ids.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and ids {tuple(ids.shape)} disagree")
     lead = ids.shape
-    h = hidden.reshape(-1, hidden.shape[-1])
+    # The head runs in the weight's dtype with autocast off (under train.autocast the decoder's output may be bf16).
+    h = hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype)
     i = ids.reshape(-1)
     chunk = chunk or chunk_tokens(weight.shape[0])
     want = entropy or entropy_grad
-    lp, ent = _HeadLogprob.apply(h, weight, bias, i, float(temperature), int(chunk), want, entropy_grad)
+    with torch.autocast(h.device.type, enabled=False):
+        lp, ent = _HeadLogprob.apply(h, weight, bias, i, float(temperature), int(chunk), want, entropy_grad)
     lp = lp.reshape(lead)
     if not want:
         return lp, None

@@ -5,6 +5,7 @@ The DeepSpeed engine implements the same methods; the trainer only talks to this
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -133,6 +134,13 @@ def _shared_prompt_outputs(fwd: _Forward, input_ids, attention_mask, P: int, T: 
     return torch.cat([out_p[:, -1:][inv], out_r[:, :-1]], dim=1)
 
 
+def autocast(mode: str, device: torch.device):
+    """train.autocast: bf16 autocast for the update's forward (the backward runs outside it), or no-op."""
+    if mode == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _key_mask(attention_mask: torch.Tensor, P: int) -> torch.Tensor | None:
     """The attention mask to pass, or None when no prompt is left-padded: with causal attention, padding after a
     response's end only changes positions that get no loss, so a pure causal mask gives the same log-probs for
@@ -166,8 +174,9 @@ class TorchEngine:
         self.model.train()
 
     def forward(self, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
-        return response_logprobs(self.model, input_ids, attention_mask, response_len, temperature, entropy,
-                                 entropy_grad, pack=use_packing(self.cfg.padding_free, self.model))
+        with autocast(self.cfg.autocast, self.params[0].device):
+            return response_logprobs(self.model, input_ids, attention_mask, response_len, temperature, entropy,
+                                     entropy_grad, pack=use_packing(self.cfg.padding_free, self.model))
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()

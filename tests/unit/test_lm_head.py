@@ -150,3 +150,32 @@ def test_no_tokens_by_vocab_tensor_in_forward_or_backward(V):
         (lp.sum() + ent.sum()).backward()
 
     assert _largest_allocation(plain) >= full  # the plain path does hold [tokens, V]
+
+
+def test_bf16_autocast_option_is_close_keeps_fp32_weights_and_saves_bf16_activations():
+    """train.autocast=bfloat16 (memory over exactness): log-probs near the fp32 ones, fp32 gradients, and the
+    forward keeps bf16 activations for the backward (off: none)."""
+    from rltune.config.schema import TrainConfig
+    from rltune.train.torch_engine import TorchEngine
+
+    model, tok = load_policy(ModelConfig(tiny=CFG), seed=0)
+    ids, mask, T = _batch(tok, G=1)
+    out = {}
+    for mode in ("off", "bfloat16"):
+        eng = TorchEngine(model, TrainConfig(autocast=mode), total_steps=1)
+        dtypes = []
+        model.zero_grad()
+        with saved_tensors_hooks(lambda t: dtypes.append(t.dtype) or t, lambda t: t):
+            lp, ent = eng.forward(ids, mask, T, temperature=0.7, entropy=True)
+        (lp * mask[:, -T:]).sum().backward()
+        out[mode] = (lp.detach(), dtypes, [p.grad.clone() for p in model.parameters()])
+    lp32, d32, g32 = out["off"]
+    lp16, d16, g16 = out["bfloat16"]
+    assert lp16.dtype == torch.float32 and torch.bfloat16 not in d32 and torch.bfloat16 in d16
+    m = mask[:, -T:].bool()
+    torch.testing.assert_close(lp16[m], lp32[m], rtol=0, atol=0.05)
+    assert not torch.equal(lp16[m], lp32[m])  # it is not the exact path
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in g16)
+    cos = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g in g16]),
+                                                torch.cat([g.flatten() for g in g32]), dim=0)
+    assert cos > 0.99
