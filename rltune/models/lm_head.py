@@ -28,8 +28,10 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
                      "output_multiplier_scale", "scale_width")
 
 
-def chunk_tokens(vocab: int, floats: int = 1 << 23) -> int:
-    """Tokens per chunk: about `floats` logits (32 MB in fp32) per chunk, at least 1."""
+def chunk_tokens(vocab: int, floats: int = 1 << 21) -> int:
+    """Tokens per chunk: about `floats` logits (8 MB in fp32) per chunk, at least 1. Each chunk has about four such
+    temporaries alive (logits, probabilities, their gradient, a product); at 32 MB chunks the update of the
+    151,936-vocabulary bench model peaked 220 MB higher (bench/smollm2_memory.py)."""
     return max(1, floats // max(1, vocab))
 
 
@@ -103,7 +105,7 @@ def head_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tens
 
     Shapes: hidden [..., H], weight [V,H], bias [V] or None, ids [...] long -> logprobs [...] fp32 and entropy
     [...] fp32 (None unless `entropy` or `entropy_grad`; detached unless `entropy_grad`). `chunk` = tokens per
-    chunk (default: about 32 MB of fp32 logits).
+    chunk (default: about 8 MB of fp32 logits).
     """
     if hidden.shape[:-1] != ids.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and ids {tuple(ids.shape)} disagree")
