@@ -30,8 +30,8 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
 
 def chunk_tokens(vocab: int, floats: int = 1 << 21) -> int:
     """Tokens per chunk: about `floats` logits (8 MB in fp32) per chunk, at least 1. Each chunk has about four such
-    temporaries alive (logits, probabilities, their gradient, a product); at 32 MB chunks the update of the
-    151,936-vocabulary bench model peaked 220 MB higher (bench/smollm2_memory.py)."""
+    temporaries alive (logits, probabilities, their gradient, a product); with 32 MB chunks the process training the
+    151,936-vocabulary bench model peaked 150 MB higher (bench/results/smollm2_memory*.json)."""
     return max(1, floats // max(1, vocab))
 
 
