@@ -139,7 +139,11 @@ class ModelConfig(Section):
     tokenizer: str = Field("char", description="`char` (built-in offline character tokenizer) or a folder.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: LoraConfig | None = Field(None, description="Train a LoRA adapter (PEFT) instead of all weights.")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward (policy and critic; the reference "
+        "keeps none): the update's activations shrink to one hidden state per layer for about one more forward. "
+        "Pays when a micro-batch's activations are large next to the 16 bytes/parameter of fp32 weights + grads + "
+        "AdamW (long responses, big micro-batches; docs/scaling.md); also turns the shared-prompt forward off.")
     diffusion: DiffusionModelConfig | None = Field(None, description="Diffusion policy settings (kind: diffusion).")
     var: VarModelConfig | None = Field(None, description="VAR policy settings (kind: var).")
     start: Literal["auto", "sft", "model"] = Field(
@@ -342,6 +346,20 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     micro_batch_size: PositiveInt = Field(64, description="Completions per forward/backward (gradient accumulation).")
+    max_tokens_per_micro_batch: PositiveInt | None = Field(
+        None, description="Form the update's micro-batches by a token budget instead of micro_batch_size rows: "
+        "consecutive rows while their real tokens (prompt + response, no padding) fit; a longer row goes alone. The "
+        "loss is normalised by the mini-batch's counts, so the gradient does not depend on the split. None = rows.")
+    autocast: Literal["off", "bfloat16"] = Field(
+        "off", description="MEMORY OVER EXACTNESS: run the update's forward under bf16 autocast (weights, gradients "
+        "and AdamW stay fp32; the LM head and the log-probs stay fp32). Activations are about half the bytes, but the "
+        "log-probs differ from the fp32 ones by bf16 rounding (scoring stays fp32, so with ppo_epochs or mini_batches "
+        "> 1 the first ratio is not exactly 1). off = exact fp32 (or the model's dtype).")
+    padding_free: Literal["auto", "on", "off"] = Field(
+        "auto", description="Run a micro-batch's real tokens as one packed sequence (per-row position ids, "
+        "block-diagonal causal attention) where the shared-prompt forward is not taken. auto: only under "
+        "flash-attention (varlen kernels); sdpa/eager would build a dense block mask over all the tokens, slower "
+        "than padding on short rows. on: always (exact either way). off: padded rows.")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Clip the global gradient norm (None = off).")
     max_skipped_steps: PositiveInt = Field(
         5, description="Steps with a non-finite loss/gradient are skipped (weights untouched); this many in a row "
@@ -525,6 +543,11 @@ class Recipe(Section):
             raise ValueError(f"with cluster.zero_stage=3 each mini-batch ({n // mini} rows) must split evenly over "
                              f"cluster.train_ranks={ranks}; change rollout.prompts_per_step, samples_per_prompt or "
                              "algo.mini_batches")
+        if ranks > 1 and self.cluster.zero_stage == 3 and self.train.max_tokens_per_micro_batch is not None:
+            # Token budgets give ranks different micro-batch counts, hence different numbers of collective forwards.
+            raise ValueError("train.max_tokens_per_micro_batch cannot be used with cluster.zero_stage=3 and several "
+                             "train_ranks (ranks would run different numbers of collective forwards); use "
+                             "train.micro_batch_size, or zero_stage 1/2")
         if a.advantage == "gae" and self.critic is None:
             raise ValueError("algo.advantage=gae needs a value model: add a `critic:` section (e.g. `critic: {lr: "
                              "1.0e-5}`; it starts from the policy's model) or pick a critic-free estimator ("

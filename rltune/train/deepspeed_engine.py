@@ -17,7 +17,8 @@ from torch import nn
 from rltune.config.schema import TrainConfig
 from rltune.modifiers.base import GradView
 from rltune.train.checkpoint import CheckpointError
-from rltune.train.torch_engine import lr_schedule, response_logprobs
+from rltune.train.packing import use_packing
+from rltune.train.torch_engine import autocast, lr_schedule, response_logprobs
 
 
 def ds_config(cfg: TrainConfig, zero_stage: int, offload: bool, world_size: int, bf16: bool = False) -> dict:
@@ -64,8 +65,10 @@ class DeepSpeedEngine:
 
     # -- the TorchEngine surface used by rltune/train/update.py
     def forward(self, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
-        return response_logprobs(self.ds, input_ids, attention_mask, response_len, temperature, entropy,
-                                 entropy_grad, always_split=self.zero_stage == 3)
+        with autocast(self.cfg.autocast, next(self.model.parameters()).device):
+            return response_logprobs(self.ds, input_ids, attention_mask, response_len, temperature, entropy,
+                                     entropy_grad, always_split=self.zero_stage == 3,
+                                     pack=use_packing(self.cfg.padding_free, self.ds))
 
     def set_boundary(self, is_last_micro_batch: bool) -> None:
         self._boundary = is_last_micro_batch

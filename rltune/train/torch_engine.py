@@ -5,14 +5,17 @@ The DeepSpeed engine implements the same methods; the trainer only talks to this
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import nn
 
 from rltune.config.schema import TrainConfig
+from rltune.models.lm_head import head_logprobs, head_of, log_fallback
 from rltune.modifiers.base import GradView
 from rltune.ops import entropy_from_logits, logprobs_from_logits
+from rltune.train.packing import pack_rows, use_packing
 
 
 def response_logprobs(
@@ -24,6 +27,7 @@ def response_logprobs(
     entropy: bool = False,
     entropy_grad: bool = False,
     always_split: bool = False,
+    pack: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [n,T] of the last T tokens of `input_ids` [n,P+T], and their entropy [n,T] (detached unless
     `entropy_grad`, for an entropy bonus in the loss).
@@ -33,27 +37,30 @@ def response_logprobs(
     distinct prompts run once, their KV cache is gathered to the rows and only the responses run per row
     (gradients flow through the shared prompt as through separate copies; tested equal to the plain forward).
     `always_split` takes that two-pass path even when no prompt repeats: under ZeRO-3 every rank must run the same
-    number of module forwards (each gathers the partitioned weights collectively).
+    number of module forwards (each gathers the partitioned weights collectively). `pack`: where the shared-prompt
+    forward is not taken, run the rows' real tokens as one packed sequence (rltune/train/packing.py).
     """
     T = response_len
     P = input_ids.shape[1] - T
-    shared = _shared_prompt_logits(model, input_ids, attention_mask, P, T, always_split) if P > 0 else None
-    if shared is not None:
-        logits = shared
-    else:
+    dec, head, why = head_of(model)
+    if head is None:
+        log_fallback(model, why)
+    fwd = _Forward(model, dec)
+    shared = _shared_prompt_outputs(fwd, input_ids, attention_mask, P, T, always_split) if P > 0 else None
+    ids = input_ids[:, -T:]
+    if shared is None and pack and head is not None:
+        out = _packed_logprobs(fwd, head, input_ids, attention_mask, T, temperature, entropy, entropy_grad)
+        if out is not None:
+            return out
+    if shared is None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = model(
-            input_ids=input_ids,
-            attention_mask=_key_mask(attention_mask, P),
-            position_ids=position_ids,
-            logits_to_keep=T + 1,
-            use_cache=False,
-        )
-        logits = out.logits[:, :-1]
-    logits = logits.float()
+        shared = fwd(input_ids, _key_mask(attention_mask, P), position_ids, T + 1, use_cache=False)[0][:, :-1]
+    if head is not None:  # [n,T,H] hidden states -> log-probs a chunk of tokens at a time, no [n,T,V] logits
+        return head_logprobs(shared, head.weight, head.bias, ids, temperature, entropy, entropy_grad)
+    logits = shared.float()
     if temperature != 1.0:
         logits = logits / temperature
-    logprobs = logprobs_from_logits(logits, input_ids[:, -T:])
+    logprobs = logprobs_from_logits(logits, ids)
     ent = None
     if entropy_grad:
         ent = entropy_from_logits(logits)
@@ -63,31 +70,75 @@ def response_logprobs(
     return logprobs, ent
 
 
-def _shared_prompt_logits(model, input_ids, attention_mask, P: int, T: int,
-                          always: bool = False) -> torch.Tensor | None:
-    """Logits [n,T,V] predicting the response tokens, with each distinct prompt forwarded once; None when no
-    prompt repeats or the model cannot take a KV cache here (gradient checkpointing turns the cache off)."""
-    base = getattr(model, "module", model)  # DeepSpeed wraps the module
-    flag = "is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing") else "is_gradient_checkpointing"
-    if getattr(base, flag, False):
+def _packed_logprobs(fwd, head, input_ids, attention_mask, T, temperature, entropy, entropy_grad):
+    """response_logprobs on the packed real tokens (no padding); None when the rows cannot be packed."""
+    packed = pack_rows(input_ids, attention_mask, T)
+    if packed is None:
+        log_fallback(fwd.model, "padding-free: a row's real tokens are not contiguous; padded forward")
+        return None
+    flat, pos, index, valid = packed
+    hidden = fwd(flat, None, pos, flat.shape[1], use_cache=False)[0][0]  # [L,H]
+    lp, ent = head_logprobs(hidden[index], head.weight, head.bias, input_ids[:, -T:], temperature, entropy,
+                            entropy_grad)
+    zero = lp.new_zeros(())
+    return torch.where(valid, lp, zero), (None if ent is None else torch.where(valid, ent, zero))
+
+
+class _Forward:
+    """One forward of the causal LM returning (the last `keep` positions' outputs, cache): hidden states [n,keep,H]
+    from the decoder when the chunked head is used (`decoder` given), else logits [n,keep,V] from the full model."""
+
+    def __init__(self, model: nn.Module, decoder: nn.Module | None):
+        self.model, self.decoder = model, decoder
+
+    def __call__(self, ids, mask, pos, keep: int, use_cache: bool, cache=None):
+        kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=use_cache)
+        if cache is not None:
+            kw[cache_kwarg(self.decoder or self.model)] = cache
+        if self.decoder is None:
+            out = self.model(**kw, logits_to_keep=keep)
+            res = out.logits
+        else:
+            out = self.decoder(**kw)
+            res = out.last_hidden_state[:, -keep:]
+        return res, getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+
+    @property
+    def checkpointing(self) -> bool:
+        base = getattr(self.model, "module", self.model)  # DeepSpeed wraps the module
+        flag = ("is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing")
+                else "is_gradient_checkpointing")
+        return bool(getattr(base, flag, False))
+
+
+def _shared_prompt_outputs(fwd: _Forward, input_ids, attention_mask, P: int, T: int,
+                           always: bool = False) -> torch.Tensor | None:
+    """Outputs [n,T,·] (logits or hidden states, see _Forward) at the positions predicting the response tokens,
+    with each distinct prompt forwarded once; None when no prompt repeats or the model cannot take a KV cache here
+    (gradient checkpointing turns the cache off)."""
+    if fwd.checkpointing:
         return None
     key = torch.cat([input_ids[:, :P], attention_mask[:, :P].long()], dim=1)
     uniq, inv = torch.unique(key, dim=0, return_inverse=True)
     if len(uniq) == len(key) and not always:
         return None
     pm = uniq[:, P:]
-    out_p = model(input_ids=uniq[:, :P], attention_mask=_key_mask(pm, P), position_ids=(pm.cumsum(-1) - 1).clamp(min=0),
-                  use_cache=True, logits_to_keep=1)
-    cache = getattr(out_p, "cache", None) or getattr(out_p, "past_key_values", None)
+    out_p, cache = fwd(uniq[:, :P], _key_mask(pm, P), (pm.cumsum(-1) - 1).clamp(min=0), 1, use_cache=True)
     if cache is None or not hasattr(cache, "reorder_cache"):
         return None
     cache.reorder_cache(inv)  # index_select per layer: differentiable, so prompt gradients add up per row
     mask = attention_mask.long()
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]
-    out_r = model(input_ids=input_ids[:, P:], attention_mask=_key_mask(mask, P), position_ids=pos, use_cache=True,
-                  logits_to_keep=T, **{cache_kwarg(base): cache})
+    out_r, _ = fwd(input_ids[:, P:], _key_mask(mask, P), pos, T, use_cache=True, cache=cache)
     # Position P−1 (the prompt's last) predicts response token 0; response positions 0..T−2 predict tokens 1..T−1.
-    return torch.cat([out_p.logits[:, -1:][inv], out_r.logits[:, :-1]], dim=1)
+    return torch.cat([out_p[:, -1:][inv], out_r[:, :-1]], dim=1)
+
+
+def autocast(mode: str, device: torch.device):
+    """train.autocast: bf16 autocast for the update's forward (the backward runs outside it), or no-op."""
+    if mode == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _key_mask(attention_mask: torch.Tensor, P: int) -> torch.Tensor | None:
@@ -101,6 +152,7 @@ def cache_kwarg(model: nn.Module) -> str:
     """transformers renamed `past_key_values` to `cache` (5.2x); take whichever the model's forward accepts."""
     import inspect
 
+    model = getattr(model, "module", model)
     params = inspect.signature(getattr(model, "get_base_model", lambda: model)().forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -122,8 +174,9 @@ class TorchEngine:
         self.model.train()
 
     def forward(self, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
-        return response_logprobs(self.model, input_ids, attention_mask, response_len, temperature, entropy,
-                                 entropy_grad)
+        with autocast(self.cfg.autocast, self.params[0].device):
+            return response_logprobs(self.model, input_ids, attention_mask, response_len, temperature, entropy,
+                                     entropy_grad, pack=use_packing(self.cfg.padding_free, self.model))
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()

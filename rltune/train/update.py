@@ -19,6 +19,7 @@ import torch
 from rltune import algo
 from rltune.modifiers.base import GradView, LossContext, StepState
 from rltune.ops import masked_mean
+from rltune.train.packing import token_budget_micro_batches
 
 # Metrics that are partial sums on each rank (add them up) vs. global values every rank agrees on (take one).
 GLOBAL_KEYS = ("train/grad_norm", "train/skipped_step", "train/optimizer_steps", "train/lr")
@@ -66,12 +67,14 @@ class UpdateSpec:
     micro_batch_size: int
     temperature: float
     loss_scale_constant: int | None = None
+    max_tokens_per_micro_batch: int | None = None
 
     @classmethod
     def from_recipe(cls, r, kl_coef: float) -> "UpdateSpec":
         a = r.algo
         return cls(a.policy_loss, a.loss_agg, a.clip_low, a.clip_high, a.dual_clip_c, a.kl_estimator, kl_coef,
-                   a.entropy_coef, r.train.micro_batch_size, r.rollout.temperature, r.loss_scale_constant)
+                   a.entropy_coef, r.train.micro_batch_size, r.rollout.temperature, r.loss_scale_constant,
+                   r.train.max_tokens_per_micro_batch)
 
 
 def run_update(engine, mods, x: UpdateInputs, plan: list[torch.Tensor], spec: UpdateSpec, state: StepState,
@@ -84,11 +87,11 @@ def run_update(engine, mods, x: UpdateInputs, plan: list[torch.Tensor], spec: Up
     """
     T = x.response_len
     acc: dict[str, float] = defaultdict(float)
+    lengths = x.attention_mask.sum(1)
     for mini in plan:
         denom = algo.global_denominators(x.loss_mask[mini], spec.loss_agg)
         agg = functools.partial(algo.aggregate, mode=spec.loss_agg, **denom, scale_constant=spec.loss_scale_constant)
-        local = mini.tensor_split(world_size)[rank]
-        micros = list(local.split(spec.micro_batch_size)) or [local]
+        micros = _micro_batches(mini, lengths, spec, rank, world_size)
         step_loss = 0.0
         for i, rows in enumerate(micros):
             engine.set_boundary(i == len(micros) - 1)
@@ -142,6 +145,19 @@ def run_update(engine, mods, x: UpdateInputs, plan: list[torch.Tensor], spec: Up
         acc["train/optimizer_steps"] += 1.0
     acc["train/lr"] = engine.lr * len(plan)
     return dict(acc)
+
+
+def _micro_batches(mini, lengths, spec: UpdateSpec, rank: int, world_size: int) -> list[torch.Tensor]:
+    """This rank's micro-batches of the mini-batch (by rows, or by a token budget); every rank runs as many as the
+    rank with the most (empty ones join the collectives with a zero loss), so forwards/backwards stay in step."""
+    split = lambda rows: token_budget_micro_batches(rows, lengths, spec.max_tokens_per_micro_batch,  # noqa: E731
+                                                    spec.micro_batch_size)
+    shares = mini.tensor_split(world_size)
+    micros = split(shares[rank])
+    if world_size > 1 and spec.max_tokens_per_micro_batch is not None:
+        most = max(len(split(s)) for s in shares)
+        micros += [shares[rank][:0]] * (most - len(micros))
+    return micros
 
 
 def finish_metrics(per_rank: list[dict[str, float]], n_steps: int) -> dict[str, float]:

@@ -26,7 +26,7 @@ def _batch(tok, B=4, G=3, P=6, T=5):
 
 def _run(model, ids, mask, T, share, monkeypatch):
     if not share:
-        monkeypatch.setattr(te, "_shared_prompt_logits", lambda *a: None)
+        monkeypatch.setattr(te, "_shared_prompt_outputs", lambda *a: None)
     model.zero_grad()
     lp, ent = te.response_logprobs(model, ids, mask, T, temperature=0.7, entropy=True)
     (lp * mask[:, -T:]).sum().backward()
@@ -40,8 +40,8 @@ def test_shared_prompt_forward_equals_plain(lora, monkeypatch):
     model, tok = load_policy(cfg, seed=0)
     ids, mask, T = _batch(tok)
     calls = []
-    shared = te._shared_prompt_logits
-    monkeypatch.setattr(te, "_shared_prompt_logits", lambda *a: calls.append(1) or shared(*a))
+    shared = te._shared_prompt_outputs
+    monkeypatch.setattr(te, "_shared_prompt_outputs", lambda *a: calls.append(1) or shared(*a))
     lp_s, ent_s, g_s = _run(model, ids, mask, T, True, monkeypatch)
     assert calls  # the shared path ran
     lp_p, ent_p, g_p = _run(model, ids, mask, T, False, monkeypatch)
@@ -56,7 +56,8 @@ def test_shared_prompt_forward_equals_plain(lora, monkeypatch):
 def test_distinct_prompts_take_the_plain_path():
     model, tok = load_policy(ModelConfig(tiny=CFG), seed=0)
     ids, mask, T = _batch(tok, B=4, G=1)
-    assert te._shared_prompt_logits(model, ids, mask, ids.shape[1] - T, T) is None
+    dec, _, _ = te.head_of(model)
+    assert te._shared_prompt_outputs(te._Forward(model, dec), ids, mask, ids.shape[1] - T, T) is None
 
 
 @pytest.mark.parametrize("share", [True, False])
@@ -69,7 +70,7 @@ def test_no_left_padding_drops_the_mask_without_changing_real_tokens(share, monk
     mask = torch.ones_like(ids)
     mask[::2, -2:] = 0  # right padding after an early EOS: no loss there
     if not share:
-        monkeypatch.setattr(te, "_shared_prompt_logits", lambda *a: None)
+        monkeypatch.setattr(te, "_shared_prompt_outputs", lambda *a: None)
     with torch.no_grad():
         fast, _ = te.response_logprobs(model, ids, mask, T)
         monkeypatch.setattr(te, "_key_mask", lambda m, P: m.long())  # always pass the mask

@@ -69,6 +69,14 @@ def test_override_into_list_index():
     assert raw["rewards"][0]["weight"] == 0.5
 
 
+def test_token_budget_is_refused_under_zero3_ranks():
+    budget = {"train": {"max_tokens_per_micro_batch": 64}}
+    with pytest.raises(Exception, match="max_tokens_per_micro_batch cannot be used with cluster.zero_stage=3"):
+        recipe_from_dict(merge(merge(TINY, budget), {"cluster": {"train_ranks": 2, "zero_stage": 3}}))
+    r = recipe_from_dict(merge(merge(TINY, budget), {"cluster": {"train_ranks": 2, "zero_stage": 2}}))
+    assert r.train.max_tokens_per_micro_batch == 64 and r.train.padding_free == "auto"
+
+
 def test_zero3_mini_batches_must_split_evenly_over_the_ranks():
     ok = merge(TINY, {"cluster": {"train_ranks": 2, "zero_stage": 3}})  # 16 rows over 2 ranks
     recipe_from_dict(ok)
