@@ -4,7 +4,8 @@
     rltune train recipes/addition-tiny.yaml               # GRPO from the recipe
     rltune train recipes/addition-tiny.yaml algo.kl_coef=0.01 run.steps=50
     rltune train recipes/addition-tiny.yaml --resume      # continue from the last checkpoint
-    rltune validate recipes/*.yaml                        # schema + plugins, no heavy work
+    rltune validate recipes/*.yaml                        # schema + plugins + model folder, no heavy work
+    rltune validate recipes/addition-tiny.yaml algo.kl_coef=0.1   # ... with overrides, as train would see it
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _fail(e: BaseException) -> None:
     err.print(f"[bold red]error:[/] {type(e).__name__}: ", end="")
-    err.print(str(e), markup=False, highlight=False)
+    err.print(str(e), markup=False, highlight=False, soft_wrap=True)  # soft_wrap: paths stay whole
     raise typer.Exit(2)
 
 
@@ -99,15 +100,28 @@ def sft(
 
 
 @app.command()
-def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) -> None:
-    """Check the schema, resolve every plugin and bind its args (no model, no data, no GPU)."""
+def validate(
+    args: list[str] = typer.Argument(..., help="Recipe files, then optional dotted overrides (key=value)."),
+    model_check: bool = typer.Option(True, "--model-check/--no-model-check",
+                                     help="Check that model.path holds a config and a tokenizer (no weights read); "
+                                     "--no-model-check for recipes whose models live on another machine."),
+) -> None:
+    """Check the schema, resolve every plugin and bind its args, check the model folder (no weights, no data,
+    no GPU). Overrides apply to every recipe, as `rltune train RECIPE key=value` would."""
     from rltune import plugins
+    from rltune.models.policy import check_model_folder
     from rltune.modifiers.pipeline import check_modifier_class
 
+    overrides = [a for a in args if "=" in a]
+    recipes = [Path(a) for a in args if "=" not in a]
+    if not recipes:
+        err.print("validate: name at least one recipe file before the overrides, e.g. "
+                  "`rltune validate recipe.yaml algo.kl_coef=0.1`")
+        raise typer.Exit(2)
     bad = 0
     for path in recipes:
         try:
-            r = _load(path, [])
+            r = _load(path, overrides)
             for spec in r.rewards:
                 target = plugins.resolve(spec.use, "rewards")
                 if isinstance(target, type) or spec.args:
@@ -118,12 +132,15 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) ->
                 plugins.bind_args(cls, m.args, m.use)
             if r.env is not None:
                 plugins.bind_args(plugins.resolve(r.env.use, "envs"), r.env.args, r.env.use)
+            if model_check:
+                check_model_folder(r.model)
             out.print(f"[green]ok[/]   {path}")
         except _user_errors() as e:
             bad += 1
-            out.print(f"[red]fail[/] {path}\n{e}", highlight=False)
+            out.print(f"[red]fail[/] {path}", highlight=False, soft_wrap=True)
+            out.print(str(e), markup=False, highlight=False, soft_wrap=True)
     if bad:
-        raise typer.Exit(1)
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -224,7 +241,7 @@ def _eval_model(r, path: str) -> dict:
 
     tmp = r.model_copy(update={
         "run": r.run.model_copy(update={"output_dir": str(Path(path) / ".eval")}),
-        "model": r.model.model_copy(update={"path": path, "tiny": None, "lora": None}),
+        "model": r.model.model_copy(update={"path": path, "tiny": None, "lora": None, "gguf_file": None}),
         "sft": None,
         "logging": r.logging.model_copy(update={"console": False, "jsonl": False}),
     })
@@ -266,7 +283,8 @@ def _print_summary(trainer, recipe: Path) -> None:
                   f"after {rows[-1]['eval/accuracy']:.3f} (step {rows[-1]['step']})")
     steps = [m["time/step"] for m in read_metrics(trainer.run_dir) if "time/step" in m]
     if steps:
-        out.print(f"median s/step {sorted(steps)[len(steps) // 2]:.3f}; model: {trainer.run_dir / 'final'}; "
+        model = trainer.run_dir / "final" if trainer.recipe.run.save_final else "not saved (run.save_final=false)"
+        out.print(f"median s/step {sorted(steps)[len(steps) // 2]:.3f}; model: {model}; "
                   f"metrics: {trainer.run_dir / 'metrics.jsonl'}", highlight=False, soft_wrap=True)
     if trainer.best is not None:
         out.print(f"best held-out accuracy {trainer.best[0]:.3f} at step {trainer.best[1]}", highlight=False)

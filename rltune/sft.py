@@ -16,14 +16,18 @@ class SFTError(ValueError):
     pass
 
 
-def run_sft(recipe: Recipe, base_dir: str | Path = ".") -> dict:
+def run_sft(recipe: Recipe, base_dir: str | Path = ".", callbacks: list | None = None) -> dict:
+    """`callbacks`: extra transformers TrainerCallbacks (bench/demo_stability.py snapshots the SFT curve)."""
     import datasets
+    import torch
     from trl import SFTConfig, SFTTrainer
 
     if recipe.sft is None:
         raise SFTError("the recipe has no `sft:` section (sft.output_dir, sft.steps, ...); add one to use `rltune sft`")
     s, d = recipe.sft, recipe.data
     os.environ.setdefault("WANDB_MODE", "disabled")
+    if recipe.run.threads:  # the same intra-op threads as `rltune train`: kernels' sums differ across thread counts
+        torch.set_num_threads(recipe.run.threads)
     model, tok = load_policy(recipe.model, seed=recipe.run.seed)
     if d.source.startswith("builtin:"):
         # A builtin task draws fresh SFT problems with its own seed (never the RL prompts, never the test split).
@@ -58,7 +62,7 @@ def run_sft(recipe: Recipe, base_dir: str | Path = ".") -> dict:
         dataset_num_proc=None,
         disable_tqdm=True,
     )
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=callbacks)
     out = trainer.train()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
