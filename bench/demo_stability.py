@@ -46,7 +46,8 @@ def _save(key: str, value) -> None:
 def _eval(ckpt: Path, threads: int) -> float:
     cmd = [sys.executable, "-m", "rltune.cli", "eval", RECIPE, "-c", str(ckpt), f"run.threads={threads}"]
     res = subprocess.run(cmd, cwd=ROOT, env=_env(threads), capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])["eval/accuracy"]
+    text = res.stdout[res.stdout.index('{"eval/'):]  # the console may wrap the JSON line at its spaces
+    return json.loads(" ".join(text.splitlines()))["eval/accuracy"]
 
 
 def curve(args) -> None:
@@ -72,13 +73,16 @@ def curve(args) -> None:
 
     t0 = time.time()
     if args.eval_only:  # snapshots of an earlier (possibly interrupted) curve run
-        snaps = sorted(((int(p.name[4:]), p) for p in out.glob("step*")), key=lambda x: x[0])
+        snaps = sorted(((int(p.name[4:]), p) for p in out.glob("step*") if int(p.name[4:]) >= args.min_step),
+                       key=lambda x: x[0])
     else:
         run_sft(r, base_dir=ROOT, callbacks=[Snapshot()])
     sft_s = time.time() - t0
     points = [{"sft_steps": k, "eval_accuracy": _eval(d, args.threads)} for k, d in snaps]
     _save(f"sft_curve_seed{args.seed}_threads{args.threads}",
-          {"seed": args.seed, "threads": args.threads, "sft_wall_s": round(sft_s, 1), "points": points})
+          {"seed": args.seed, "threads": args.threads, "lr": r.sft.lr, "batch_size": r.sft.batch_size,
+           "warmup_steps": r.sft.warmup_steps, "sft_wall_s": None if args.eval_only else round(sft_s, 1),
+           "points": points})
     print(json.dumps(points))
 
 
@@ -101,9 +105,10 @@ def _one(seed: int, threads: int, sft_steps: int | None) -> dict:
 
 def runs(args) -> None:
     """Each (seed, threads) demo once; 1-thread runs go --parallel-1t at a time, 2-thread runs alone."""
-    results: list[dict] = []
+    old = json.loads(OUT.read_text()).get("runs", {}) if OUT.exists() else {}
+    results: list[dict] = old.get("results", []) if old.get("sft_steps") == args.sft_steps else []
 
-    def record(res: dict) -> None:
+    def record(res: dict) -> None:  # appended to earlier invocations' runs with the same settings
         results.append(res)
         gains = [r["gain"] for r in results]
         _save("runs", {"sft_steps": args.sft_steps, "results": results,
@@ -127,6 +132,7 @@ def main() -> None:
     c.add_argument("--max-steps", type=int, default=1000)
     c.add_argument("--every", type=int, default=100)
     c.add_argument("--eval-only", action="store_true", help="Evaluate the snapshots an earlier run left.")
+    c.add_argument("--min-step", type=int, default=0, help="With --eval-only: skip earlier snapshots.")
     r = sub.add_parser("runs")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--threads", type=int, nargs="+", default=[1, 2])
