@@ -123,6 +123,28 @@ def runs(args) -> None:
                 record(res)
 
 
+def gain_of(run_dir: Path) -> tuple[float, float]:
+    """(before, after): greedy held-out accuracy at the run's first and last evaluation."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    acc = [m["eval/accuracy"] for m in rows if "eval/accuracy" in m]
+    return acc[0], acc[-1]
+
+
+def measured_range() -> tuple[float, float, list[dict]]:
+    runs = json.loads(OUT.read_text())["runs"]
+    return runs["gain_min"], runs["gain_max"], runs["results"]
+
+
+def check(args) -> None:
+    """The demo's last line: is this run's gain inside the range the measured runs span?"""
+    before, after = gain_of(args.run_dir)
+    lo, hi, res = measured_range()
+    where = "within" if lo <= after - before <= hi else "OUTSIDE"
+    print(f"gain {after - before:+.3f} (before {before:.3f} -> after {after:.3f}): {where} the measured range "
+          f"[{lo:+.3f}, {hi:+.3f}] ({len(res)} runs, seeds {sorted({r['seed'] for r in res})}, threads "
+          f"{sorted({r['threads'] for r in res})}; bench/results/demo_stability.json)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -138,9 +160,11 @@ def main() -> None:
     r.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     r.add_argument("--sft-steps", type=int, default=None, help="Override sft.steps (default: the recipe's).")
     r.add_argument("--parallel-1t", type=int, default=2)
+    k = sub.add_parser("check")
+    k.add_argument("run_dir", type=Path)
     args = p.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    (curve if args.cmd == "curve" else runs)(args)
+    {"curve": curve, "runs": runs, "check": check}[args.cmd](args)
 
 
 if __name__ == "__main__":
