@@ -41,7 +41,7 @@ def run_one(recipe: str, seed: int, steps: int, out_dir: Path, overrides: list[s
     from rltune.trainer import Trainer
 
     r = load_recipe(ROOT / recipe, [f"run.steps={steps}", f"run.seed={seed}", f"run.output_dir={out_dir}",
-                                    "run.eval_interval=0", "run.save_interval=0", "run.keep_last=1",
+                                    "run.eval_interval=null", "run.save_interval=0", "run.keep_last=1",
                                     "logging.console=false", *overrides])
     t0 = time.perf_counter()
     Trainer(r, base_dir=ROOT, overwrite=True).fit()

@@ -98,7 +98,7 @@ def main() -> None:
                 res["truncation_variants"] = {}
                 for label, trunc in VARIANTS.items():
                     v = run(recipe, Path(tmp) / trunc, [*common, f"modifiers.0.args.truncation={trunc}",
-                                                        "run.eval_interval=0"])
+                                                        "run.eval_interval=null"])
                     res["truncation_variants"][label] = {k: v[k] for k in ("before", "after", "wall_s", "s_per_step")}
             (a.out / f"diffusion_{name}.json").write_text(json.dumps(res, indent=1))
             print(f"{name}: held-out redness {res['before']:.3f} -> {res['after']:.3f} in {res['wall_s']} s",

@@ -129,7 +129,7 @@ def role_rltune(s: dict) -> dict:
     steps = s["warmup"] + s["timed"]
     recipe = recipe_from_dict({
         "run": {"name": "gpu-vs-trl", "seed": s["seed"], "output_dir": str(run_dir), "steps": steps,
-                "eval_interval": 0, "save_interval": 0, "threads": s["threads"],
+                "eval_interval": None, "save_interval": 0, "threads": s["threads"],
                 "device": "cuda" if dev.startswith("cuda") else "cpu"},
         "model": {"path": s["model_dir"], "dtype": s["dtype"]},
         # eval runs once before and once after fit()'s steps (outside time/step); 16 rows keep it short

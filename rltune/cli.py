@@ -5,7 +5,8 @@
     rltune train recipes/addition-tiny.yaml algo.kl_coef=0.01 run.steps=50
     rltune train recipes/addition-tiny.yaml --resume      # continue from the last checkpoint
     rltune train recipes/addition-tiny.yaml run.steps=600 --resume --allow-changes   # ... for longer
-    rltune validate recipes/*.yaml                        # schema + plugins, no heavy work
+    rltune validate recipes/*.yaml                        # schema + plugins + model folder, no heavy work
+    rltune validate recipes/addition-tiny.yaml algo.kl_coef=0.1   # ... with overrides, as train would see it
 """
 
 from __future__ import annotations
@@ -104,17 +105,30 @@ def sft(
 
 
 @app.command()
-def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) -> None:
-    """Check the schema, resolve every plugin and bind its args, and check that the policy family (model.kind)
-    honours every key set and runs every modifier (no model, no data, no GPU). Exit 2 if any recipe fails."""
+def validate(
+    args: list[str] = typer.Argument(..., help="Recipe files, then optional dotted overrides (key=value)."),
+    model_check: bool = typer.Option(True, "--model-check/--no-model-check",
+                                     help="Check that model.path holds a config and a tokenizer (no weights read); "
+                                     "--no-model-check for recipes whose models live on another machine."),
+) -> None:
+    """Check the schema, resolve every plugin and bind its args, check that the policy family (model.kind) honours
+    every key set and runs every modifier, and check the model folder (no weights, no data, no GPU). Overrides
+    apply to every recipe, as `rltune train RECIPE key=value` would. Exit 2 if any recipe fails."""
     from rltune import plugins
     from rltune.families import check_support
+    from rltune.models.policy import check_model_folder
     from rltune.modifiers.pipeline import check_modifier_class
 
+    overrides = [a for a in args if "=" in a]
+    recipes = [Path(a) for a in args if "=" not in a]
+    if not recipes:
+        err.print("validate: name at least one recipe file before the overrides, e.g. "
+                  "`rltune validate recipe.yaml algo.kl_coef=0.1`")
+        raise typer.Exit(2)
     bad = 0
     for path in recipes:
         try:
-            r = _load(path, [])
+            r = _load(path, overrides)
             for spec in r.rewards:
                 target = plugins.resolve(spec.use, "rewards")
                 if isinstance(target, type) or spec.args:
@@ -127,10 +141,13 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files.")) ->
             check_support(r, classes)
             if r.env is not None:
                 plugins.bind_args(plugins.resolve(r.env.use, "envs"), r.env.args, r.env.use)
+            if model_check:
+                check_model_folder(r.model)
             out.print(f"[green]ok[/]   {path}")
         except _user_errors() as e:
             bad += 1
-            out.print(f"[red]fail[/] {path}\n{e}", highlight=False)
+            out.print(f"[red]fail[/] {path}", highlight=False, soft_wrap=True)
+            out.print(str(e), markup=False, highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(2)  # a bad recipe is a user error, as in train/show
 
@@ -269,7 +286,8 @@ def _print_summary(trainer, recipe: Path) -> None:
                   f"after {rows[-1]['eval/accuracy']:.3f} (step {rows[-1]['step']})")
     steps = [m["time/step"] for m in read_metrics(trainer.run_dir) if "time/step" in m]
     if steps:
-        out.print(f"median s/step {sorted(steps)[len(steps) // 2]:.3f}; model: {trainer.run_dir / 'final'}; "
+        model = trainer.run_dir / "final" if trainer.recipe.run.save_final else "not saved (run.save_final=false)"
+        out.print(f"median s/step {sorted(steps)[len(steps) // 2]:.3f}; model: {model}; "
                   f"metrics: {trainer.run_dir / 'metrics.jsonl'}", highlight=False, soft_wrap=True)
     if trainer.best is not None:
         out.print(f"best held-out accuracy {trainer.best[0]:.3f} at step {trainer.best[1]}", highlight=False)

@@ -1,4 +1,4 @@
-"""Metric sinks: a rich progress line on the console, `metrics.jsonl` in the run directory, wandb."""
+"""Metric sinks: a rich progress line on the console, `metrics.jsonl` in the run directory, TensorBoard, wandb."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class MetricLogger:
         if cfg.jsonl:
             _truncate_after(self.path, start_step)
             _truncate_after(self.samples_path, start_step)
+        self._tb = _tensorboard_writer(run_dir / "tensorboard", start_step) if cfg.tensorboard else None
         self._wandb = None
         if cfg.wandb.mode != "disabled":
             import wandb
@@ -59,6 +60,10 @@ class MetricLogger:
             if samples:
                 with open(self.samples_path, "a") as f:
                     f.write(json.dumps({"step": step, "samples": samples}) + "\n")
+        if self._tb is not None:  # the jsonl record's scalars, under the same names
+            for k, v in rec.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, global_step=step, walltime=rec["time"])
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
@@ -80,8 +85,22 @@ class MetricLogger:
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+        if self._tb is not None:
+            self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _tensorboard_writer(log_dir: Path, start_step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from rltune.config.load import RecipeError
+
+        raise RecipeError("logging.tensorboard=true needs the `tensorboard` package: pip install tensorboard "
+                          "(or set logging.tensorboard=false)") from None
+    # On resume, TensorBoard hides the records after the checkpoint's step that the interrupted run wrote.
+    return SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None)
 
 
 def _truncate_after(path: Path, step: int) -> None:

@@ -16,8 +16,10 @@ class SFTError(ValueError):
     pass
 
 
-def run_sft(recipe: Recipe, base_dir: str | Path = ".") -> dict:
+def run_sft(recipe: Recipe, base_dir: str | Path = ".", callbacks: list | None = None) -> dict:
+    """`callbacks`: extra transformers TrainerCallbacks (bench/demo_stability.py snapshots the SFT curve)."""
     import datasets
+    import torch
     from trl import SFTConfig, SFTTrainer
 
     if recipe.sft is None:
@@ -30,6 +32,8 @@ def run_sft(recipe: Recipe, base_dir: str | Path = ".") -> dict:
         what = "is a file, not a folder" if out_dir.is_file() else f"cannot be created: {e.strerror}"
         raise SFTError(f"sft.output_dir {out_dir} {what}; set sft.output_dir to a writable folder path") from None
     os.environ.setdefault("WANDB_MODE", "disabled")
+    if recipe.run.threads:  # the same intra-op threads as `rltune train`: kernels' sums differ across thread counts
+        torch.set_num_threads(recipe.run.threads)
     model, tok = load_policy(recipe.model, seed=recipe.run.seed)
     if d.source.startswith("builtin:"):
         # A builtin task draws fresh SFT problems with its own seed (never the RL prompts, never the test split).
@@ -64,7 +68,7 @@ def run_sft(recipe: Recipe, base_dir: str | Path = ".") -> dict:
         dataset_num_proc=None,
         disable_tqdm=True,
     )
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=callbacks)
     out = trainer.train()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id

@@ -26,9 +26,14 @@ class RunConfig(Section):
     output_dir: str = Field("runs/${name}", description="Run directory (`${name}` is replaced by run.name).")
     steps: PositiveInt = Field(100, description="Optimizer steps of RL training (one rollout batch each).")
     log_interval: PositiveInt = Field(1, description="Print/log a metrics line every k steps.")
-    eval_interval: int = Field(0, ge=0, description="Held-out evaluation every k steps (0 = only at start/end).")
+    eval_interval: int | None = Field(None, ge=0, description="Held-out evaluation every k steps and at start/end "
+                                      "(unset = only at start/end; 0 = never, e.g. for a quick trial).")
     save_interval: int = Field(0, ge=0, description="Checkpoint every k steps (0 = only at the end / on signal).")
     keep_last: PositiveInt = Field(2, description="How many step checkpoints to keep.")
+    save_final: bool = Field(True, description="At the end of a complete run write a checkpoint and run_dir/final; "
+                             "false: a trial run writes no weights (a stop by signal still checkpoints).")
+    checkpoint_optimizer: bool = Field(True, description="Checkpoints hold AdamW's moments (2× the weights in fp32); "
+                                       "false: smaller checkpoints, and a resume restarts the moments.")
     threads: int = Field(0, ge=0, description="torch intra-op threads (0 = torch's default).")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the driver's policy runs (rollout, scoring, single-process training): auto = "
@@ -136,7 +141,11 @@ class ModelConfig(Section):
         "diffusion model. Each family has its own one-file trainer (rltune/trainer.py, rltune/visual/).")
     path: str | None = Field(None, description="Local folder of a transformers causal LM (or a hub id online).")
     tiny: TinyModelConfig | None = Field(None, description="Build a random-init tiny model instead of `path`.")
-    tokenizer: str = Field("char", description="`char` (built-in offline character tokenizer) or a folder.")
+    gguf_file: str | None = Field(None, description="A GGUF file inside the model.path folder: weights dequantised "
+                                  "to model.dtype, tokenizer from the same file (needs the `gguf` package).")
+    tokenizer: str | None = Field(None, description="`char` (built-in offline character tokenizer) or a folder; "
+                                  "unset = model.path itself (the GGUF file with gguf_file), `char` for model.tiny; "
+                                  "`rltune show` prints the one used.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: LoraConfig | None = Field(None, description="Train a LoRA adapter (PEFT) instead of all weights.")
     gradient_checkpointing: bool = Field(
@@ -151,8 +160,20 @@ class ModelConfig(Section):
         "result in sft.output_dir (model.path/tiny is then SFT's base model), model = model.path/tiny (the sft: "
         "section only serves `rltune sft`). auto = sft, except that model.path together with sft: must say which.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_tokenizer(cls, data: Any) -> Any:
+        # Filled in here so that `rltune show` and run_dir/recipe.yaml say which tokenizer is really used.
+        if isinstance(data, dict) and data.get("tokenizer") is None and data.get("kind", "causal_lm") == "causal_lm":
+            path, gguf = data.get("path"), data.get("gguf_file")
+            data = {**data, "tokenizer": (f"{path}/{gguf}" if gguf else path) if path is not None else "char"}
+        return data
+
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":
+        if self.gguf_file is not None and (self.path is None or self.kind != "causal_lm"):
+            raise ValueError("model.gguf_file names a file inside model.path (the folder); set model.path and "
+                             "remove model.tiny")
         if self.kind == "causal_lm" and (self.path is None) == (self.tiny is None):
             raise ValueError("set exactly one of model.path (a local model folder) or model.tiny (a config)")
         if (self.kind == "var") != (self.var is not None):
@@ -467,6 +488,8 @@ class WandbConfig(Section):
 class LoggingConfig(Section):
     console: bool = True
     jsonl: bool = True
+    tensorboard: bool = Field(False, description="Also write the metrics as TensorBoard scalars to run_dir/tensorboard "
+                              "(`tensorboard --logdir runs`; needs the `tensorboard` package).")
     wandb: WandbConfig = WandbConfig()
 
 
@@ -572,6 +595,9 @@ class Recipe(Section):
             if why:
                 raise ValueError(f"rollout.max_staleness={self.rollout.max_staleness} {why}; set "
                                  "rollout.max_staleness: 0 or change the setting named")
+        if not self.run.checkpoint_optimizer and self.cluster.train_ranks:
+            raise ValueError("run.checkpoint_optimizer=false applies to single-process training; with "
+                             "cluster.train_ranks DeepSpeed writes its own sharded optimizer state")
         names = [m.key for m in self.modifiers]
         dup = {k for k in names if names.count(k) > 1}
         if dup:

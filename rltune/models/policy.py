@@ -32,16 +32,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer of `path` if it has one, else the recipe's (`char` or a folder)."""
-    for candidate in (path, cfg.tokenizer if cfg.tokenizer != "char" else None, cfg.path):
-        if candidate and (Path(candidate) / "tokenizer_config.json").is_file():
-            tok = AutoTokenizer.from_pretrained(candidate)
-            break
+    """The tokenizer saved with a warm start or checkpoint (`path`, when not model.path) if it has one, else
+    model.tokenizer: `char`, a folder, or `folder/file.gguf`."""
+    name = cfg.tokenizer or "char"  # None only where no causal LM is built (diffusion/var recipes)
+    if path and path != cfg.path and (Path(path) / "tokenizer_config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(path)
+    elif name.endswith(".gguf"):
+        tok = AutoTokenizer.from_pretrained(str(Path(name).parent), gguf_file=Path(name).name)
+    elif name != "char":
+        if not (Path(name) / "tokenizer_config.json").is_file():
+            raise ModelLoadError(f"model.tokenizer={name!r}: no tokenizer_config.json there; give a tokenizer folder "
+                                 "or 'char'")
+        tok = AutoTokenizer.from_pretrained(name)
     else:
-        if cfg.tokenizer != "char":
-            raise ModelLoadError(
-                f"model.tokenizer={cfg.tokenizer!r}: no tokenizer_config.json there; give a tokenizer folder or 'char'"
-            )
         tok = build_char_tokenizer()
     if tok.pad_token is None:
         # Generation needs a pad id; the EOS token is the usual stand-in (its positions are masked anyway).
@@ -51,6 +54,40 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> PreTrainedToken
         raise ModelLoadError("tokenizer has neither a pad nor an eos token; add one with tokenizer.add_special_tokens")
     tok.padding_side = "left"
     return tok
+
+
+def check_model_folder(cfg: ModelConfig) -> None:
+    """Cheap checks of model.path and model.tokenizer (no weights read), so `rltune validate` catches what
+    `rltune train` would otherwise meet as a transformers traceback. Raises ModelLoadError naming the lack."""
+    if cfg.kind != "causal_lm":
+        return
+    if cfg.path is not None:
+        p = Path(cfg.path)
+        if not p.is_dir():
+            raise ModelLoadError(f"model.path={cfg.path!r} is not a folder; point it at a local model folder "
+                                 "(config.json + *.safetensors, as save_pretrained writes it)")
+        if cfg.gguf_file is not None:
+            if not (p / cfg.gguf_file).is_file():
+                found = sorted(x.name for x in p.glob("*.gguf")) or "none"
+                raise ModelLoadError(f"model.gguf_file={cfg.gguf_file!r}: no such file in {p} (GGUF files there: "
+                                     f"{found})")
+        elif not (p / "config.json").is_file():
+            raise ModelLoadError(f"model.path={cfg.path!r} has no config.json (it holds: {_listing(p)}); point "
+                                 "model.path at the folder save_pretrained wrote, or name a GGUF file there with "
+                                 "model.gguf_file")
+        elif not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+            raise ModelLoadError(f"model.path={cfg.path!r} has a config.json but no weights (*.safetensors or *.bin); "
+                                 f"it holds: {_listing(p)}")
+    tok = cfg.tokenizer
+    if tok and tok != "char" and not tok.endswith(".gguf") and not (Path(tok) / "tokenizer_config.json").is_file():
+        what = "model.path's folder" if tok == cfg.path else "model.tokenizer"
+        raise ModelLoadError(f"{what} {tok!r} holds no tokenizer (tokenizer_config.json); save the model's "
+                             "tokenizer there, or set model.tokenizer to a tokenizer folder or 'char'")
+
+
+def _listing(p: Path, n: int = 8) -> str:
+    names = sorted(x.name for x in p.iterdir())
+    return (", ".join(names[:n]) + (f", ... ({len(names)} entries)" if len(names) > n else "")) or "nothing"
 
 
 def build_tiny_model(cfg: TinyModelConfig, tok: PreTrainedTokenizerBase, seed: int = 0) -> Qwen2ForCausalLM:
@@ -73,14 +110,39 @@ def build_tiny_model(cfg: TinyModelConfig, tok: PreTrainedTokenizerBase, seed: i
     return model
 
 
+def _load_gguf(folder: str, gguf_file: str, dtype: torch.dtype):
+    """A GGUF file's weights unpacked into a plain dense model in `dtype` (trainable, saved as safetensors):
+    transformers would otherwise keep quantised blocks packed, which it can neither train nor save."""
+    kw = {}
+    try:
+        from transformers import GgufConfig
+
+        kw["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:  # older transformers always unpack GGUF weights
+        pass
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype, **kw)
+    if getattr(model, "hf_quantizer", None) is not None:  # every weight is dense now: drop the quantizer's marks
+        model.hf_quantizer.remove_quantization_config(model)
+    return model
+
+
 def load_policy(cfg: ModelConfig, path: str | None = None, seed: int = 0, trainable: bool = True):
     """(model, tokenizer). `path` overrides cfg.path (e.g. the SFT warm start)."""
     src = path or cfg.path
+    own = path is None or path == cfg.path  # the recipe's model (not a warm start or checkpoint)
+    if own:
+        check_model_folder(cfg)
     tok = load_tokenizer(cfg, src)
     if src is not None:
-        if not Path(src).exists():
-            raise ModelLoadError(f"model path {src!r} does not exist (a local folder with config.json is expected)")
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=DTYPES[cfg.dtype])
+        gguf = cfg.gguf_file if own else None
+        if not own and not (Path(src) / "config.json").is_file():
+            raise ModelLoadError(f"model folder {src!r} has no config.json (a save_pretrained folder is expected)")
+        try:
+            model = (_load_gguf(src, gguf, DTYPES[cfg.dtype]) if gguf
+                     else AutoModelForCausalLM.from_pretrained(src, dtype=DTYPES[cfg.dtype]))
+        except (OSError, ValueError, ImportError) as e:
+            raise ModelLoadError(f"could not load the model in {src!r}" + (f" (GGUF file {gguf})" if gguf else "") +
+                                 f": {e}") from None
     else:
         assert cfg.tiny is not None
         model = build_tiny_model(cfg.tiny, tok, seed).to(DTYPES[cfg.dtype])

@@ -118,16 +118,14 @@ class RunLoop:
                       self._recipe_changes)
         last: dict[str, Any] = {}
         with self._signals():
-            if self.step == 0 and self._has_eval():
+            if self.step == 0 and self._eval_due():
                 last = self._watched_eval()
                 self.logger.log(0, last)
             while self.step < r.run.steps and self._stop_signal is None:
                 last = self.train_step()
                 self.step += 1
                 self._check_diverged(last)
-                if self._has_eval() and (
-                    (r.run.eval_interval and self.step % r.run.eval_interval == 0) or self.step == r.run.steps
-                ):
+                if self._eval_due():
                     last |= self._watched_eval()
                     self._track_best(last)
                 self.logger.log(self.step, last, samples=self._last_samples)
@@ -135,11 +133,12 @@ class RunLoop:
                     self.logger.progress(self.step, last)
                 if r.run.save_interval and self.step % r.run.save_interval == 0:
                     self.save_checkpoint()
-            path = self.save_checkpoint()
             if self._stop_signal is not None:
+                path = self.save_checkpoint()
                 self.logger.print(f"[yellow]{self._stop_signal}: stopped after step {self.step}; saved {path}[/]",
                                   always=True)
-            else:
+            elif r.run.save_final:
+                self.save_checkpoint()
                 self.export(self.run_dir / "final")
         self.logger.close()
         self.watchdog.close()
@@ -150,6 +149,13 @@ class RunLoop:
     def stopped_by(self) -> str | None:
         """The signal that stopped fit() early (a checkpoint was written), or None after a complete run."""
         return self._stop_signal
+
+    def _eval_due(self) -> bool:
+        """At step 0, every run.eval_interval steps and at the last step; never with run.eval_interval=0."""
+        k, s = self.recipe.run.eval_interval, self.step
+        if k == 0 or not self._has_eval():
+            return False
+        return s == 0 or s == self.recipe.run.steps or (k is not None and s % k == 0)
 
     def _check_diverged(self, metrics: dict[str, Any]) -> None:
         """Skipped steps (non-finite loss/grads) are counted; too many in a row stop the run. The last
@@ -249,7 +255,10 @@ class RunLoop:
 
     def save_checkpoint(self) -> Path:
         with self.watchdog.watch("checkpoint"):
-            return ckpt.save_checkpoint(self.ckpt_root, self.step, self._save_model, self.state_dict(),
+            state = self.state_dict()
+            if not self.recipe.run.checkpoint_optimizer:
+                state = _without_optimizer_moments(state)
+            return ckpt.save_checkpoint(self.ckpt_root, self.step, self._save_model, state,
                                         self.recipe.run.keep_last)
 
     def state_dict(self) -> dict[str, Any]:
@@ -274,6 +283,17 @@ class RunLoop:
         finally:
             for s, h in prev.items():
                 signal.signal(s, h)
+
+
+def _without_optimizer_moments(state: Any) -> Any:
+    """run.checkpoint_optimizer=false: every torch optimizer state_dict in `state` keeps its param_groups (lr,
+    schedule position) and drops its per-parameter state (AdamW's exp_avg/exp_avg_sq, 2× the weights); loading
+    such a state dict restarts the moments."""
+    if isinstance(state, dict):
+        if "state" in state and "param_groups" in state:
+            return {**state, "state": {}}
+        return {k: _without_optimizer_moments(v) for k, v in state.items()}
+    return state
 
 
 def rng_state() -> dict[str, Any]:

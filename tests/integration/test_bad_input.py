@@ -91,7 +91,7 @@ EXPECTED = {
     "long_prompt": ["tokens > data.max_prompt_tokens=64", "raise data.max_prompt_tokens"],
     "unknown_task": ["subtraction", "available: ['addition', "],
     "bad_task_args": ["digitz", "valid"],
-    "missing_model": ["does not exist", "no-model"],
+    "missing_model": ["is not a folder", "no-model"],
     "missing_sft": ["rltune sft", "no-sft"],
 }
 

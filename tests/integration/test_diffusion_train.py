@@ -33,7 +33,7 @@ def _eval(run_dir, key="eval/reward/redness"):
 
 
 def test_alignprop_raises_reward_and_trains_lora_only(tmp_path):
-    t = _trainer(ALIGNPROP, tmp_path, "run.steps=30", "run.eval_interval=0")
+    t = _trainer(ALIGNPROP, tmp_path, "run.steps=30", "run.eval_interval=null")
     before = {n: p.detach().clone() for n, p in t.model.denoiser.named_parameters()}
     t.fit()
     first, last = _eval(t.run_dir)
@@ -50,7 +50,7 @@ def test_alignprop_raises_reward_and_trains_lora_only(tmp_path):
 
 
 def test_direct_align_srpo_raises_reward(tmp_path):
-    t = _trainer(DIRECT, tmp_path, "run.steps=40", "run.eval_interval=0")
+    t = _trainer(DIRECT, tmp_path, "run.steps=40", "run.eval_interval=null")
     before = [p.detach().clone() for _, p in t.model.trainable()]
     t.fit()
     first, last = _eval(t.run_dir)
@@ -61,9 +61,9 @@ def test_direct_align_srpo_raises_reward(tmp_path):
 
 
 def test_resume_is_exact_and_signal_checkpoints(tmp_path):
-    straight = _trainer(ALIGNPROP, tmp_path / "a", "run.steps=4", "run.eval_interval=0")
+    straight = _trainer(ALIGNPROP, tmp_path / "a", "run.steps=4", "run.eval_interval=null")
     straight.fit()
-    part = _trainer(ALIGNPROP, tmp_path / "b", "run.steps=4", "run.eval_interval=0")
+    part = _trainer(ALIGNPROP, tmp_path / "b", "run.steps=4", "run.eval_interval=null")
     step = part.train_step
 
     def interrupted():
@@ -78,7 +78,7 @@ def test_resume_is_exact_and_signal_checkpoints(tmp_path):
     assert (part.ckpt_root / "step_000002").is_dir() and not (part.run_dir / "final").exists()
     with pytest.raises(RunDirError, match="already holds a run"):
         _trainer(ALIGNPROP, tmp_path / "b", "run.steps=4")
-    resumed = _trainer(ALIGNPROP, tmp_path / "b", "run.steps=4", "run.eval_interval=0", resume=True)
+    resumed = _trainer(ALIGNPROP, tmp_path / "b", "run.steps=4", "run.eval_interval=null", resume=True)
     assert resumed.step == 2
     resumed.fit()
     for (n, a), (_, b) in zip(straight.model.trainable(), resumed.model.trainable()):
@@ -95,7 +95,7 @@ def test_wiring_errors_are_named(tmp_path):
 
 
 def test_ddpo_policy_gradient_beside_alignprop(tmp_path):
-    t = _trainer(ALIGNPROP, tmp_path, "run.steps=3", "run.eval_interval=0", "rollout.prompts_per_step=2",
+    t = _trainer(ALIGNPROP, tmp_path, "run.steps=3", "run.eval_interval=null", "rollout.prompts_per_step=2",
                  "rollout.samples_per_prompt=2", 'modifiers=[{"use": "ddpo", "args": {"timestep_fraction": 0.5}}, '
                  '{"use": "alignprop", "args": {"truncation": "fixed"}}]')
     t.fit()
