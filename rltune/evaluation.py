@@ -25,8 +25,8 @@ def evaluate_model(recipe: Recipe, path: str | Path, base_dir: str | Path = ".")
     if r.model.kind != "causal_lm":
         raise RecipeError(f"rltune eval scores text models; a model.kind: {r.model.kind} run evaluates during "
                           "training (run.eval_interval) and its report shows the curve")
-    model, tok = load_policy(r.model.model_copy(update={"path": str(path), "tiny": None, "lora": None}),
-                             path=str(path), seed=r.run.seed, trainable=False)
+    folder = r.model.model_copy(update={"path": str(path), "tiny": None, "lora": None, "gguf_file": None})
+    model, tok = load_policy(folder, path=str(path), seed=r.run.seed, trainable=False)
     model.to(resolve_device(r.run.device)).eval()
     rows = text_eval_rows(r.data, tok, base_dir)
     if rows is None:

@@ -121,7 +121,7 @@ def generate_reference() -> str:
     lines = [
         "# Recipe reference",
         "",
-        f"<!-- Generated from rltune/config/schema.py by `{REGENERATE}`; do not edit by hand. -->",
+        f"<!-- Generated from rltune/config/schema.py and model.py by `{REGENERATE}`; do not edit by hand. -->",
         "",
         "Every section is strict (an unknown key is an error that names the nearest valid one) and frozen. "
         "Keys are written in YAML as `section: {key: value}` or overridden on the command line as "
