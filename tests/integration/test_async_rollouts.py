@@ -15,6 +15,7 @@ ray = pytest.importorskip("ray")
 from rltune.logging import read_metrics  # noqa: E402
 from rltune.trainer import Trainer  # noqa: E402
 from tests.conftest import merge  # noqa: E402
+from tests.helpers.stopping import StopAfter  # noqa: E402
 
 WORKERS = {"cluster": {"rollout_workers": 2}}
 
@@ -29,20 +30,6 @@ def local_ray():
 def _rows(run_dir):
     return [{k: v for k, v in m.items() if k != "time" and not k.startswith(("time/", "perf/", "rollout/overlap"))}
             for m in read_metrics(run_dir) if "loss/total" in m]
-
-
-class _StopAfter(Trainer):
-    """A run that got SIGTERM during step `stop_at` (it finishes the step, then checkpoints)."""
-
-    def __init__(self, *a, stop_at: int, **kw):
-        super().__init__(*a, **kw)
-        self._stop_at = stop_at
-
-    def train_step(self):
-        out = super().train_step()
-        if self.step + 1 == self._stop_at:
-            self._stop_signal = "SIGTERM"
-        return out
 
 
 def test_staleness_zero_equals_the_synchronous_path(local_ray, tiny_recipe, tmp_path) -> None:
@@ -67,7 +54,7 @@ def test_staleness_one_bounds_the_lag_and_resumes_exactly(local_ray, tiny_recipe
     assert [m["rollout/weight_version"] for m in whole] == [0, 0, 1, 2]
 
     parts = tiny_recipe(**merge(over, {"run": {"output_dir": str(tmp_path / "parts")}}))
-    _StopAfter(parts, stop_at=2).fit()
+    StopAfter(parts, stop_at=2).fit()
     ckpt = tmp_path / "parts" / "checkpoints" / "step_000002" / "inflight"
     assert (ckpt / "inflight.safetensors").is_file()  # step 3's rollout, sampled by version 1, saved
     Trainer(parts, resume=True).fit()

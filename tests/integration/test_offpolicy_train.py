@@ -11,33 +11,20 @@ import dataclasses
 
 import pytest
 
-from rltune.config.load import recipe_from_dict
 from rltune.logging import read_metrics
 from rltune.trainer import Trainer
 
 
-def _recipe(tmp_path, modifiers, steps=2):
-    return recipe_from_dict({
-        "run": {"name": "offp", "seed": 0, "steps": steps, "threads": 1, "output_dir": str(tmp_path / "run"),
-                "eval_interval": 100},
-        "model": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
-                           "max_position_embeddings": 32}},
-        "data": {"source": "builtin:addition", "task_args": {"digits": 1, "n_train": 64, "n_test": 8},
-                 "eval_size": 4},
-        "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 4},
-        "train": {"lr": 1e-3, "micro_batch_size": 8},
-        "rewards": [{"use": "exact_match", "args": {"column": "answer"}}],
-        "modifiers": modifiers,
-        "logging": {"console": False},
-    })
+def _recipe(tiny_recipe, modifiers, steps=2):
+    return tiny_recipe(run={"steps": steps, "eval_interval": 0}, modifiers=modifiers)
 
 
 def _steps(tmp_path):
     return [m for m in read_metrics(tmp_path / "run") if "time/step" in m]
 
 
-def test_matching_policies_leave_the_loss_unchanged(tmp_path) -> None:
-    Trainer(_recipe(tmp_path, [{"use": "tis"}, {"use": "icepop"}]), base_dir=tmp_path).fit()
+def test_matching_policies_leave_the_loss_unchanged(tiny_recipe, tmp_path) -> None:
+    Trainer(_recipe(tiny_recipe, [{"use": "tis"}, {"use": "icepop"}])).fit()
     rows = _steps(tmp_path)
     assert len(rows) == 2
     for m in rows:
@@ -50,9 +37,9 @@ def test_matching_policies_leave_the_loss_unchanged(tmp_path) -> None:
     assert abs(rows[0]["algo/ppo_kl"]) < 1e-6
 
 
-def test_a_perturbed_rollout_engine_is_measured_and_masked(tmp_path) -> None:
-    recipe = _recipe(tmp_path, [{"use": "icepop", "args": {"low": 0.8, "high": 1.25}}], steps=1)
-    trainer = Trainer(recipe, base_dir=tmp_path)
+def test_a_perturbed_rollout_engine_is_measured_and_masked(tiny_recipe, tmp_path) -> None:
+    recipe = _recipe(tiny_recipe, [{"use": "icepop", "args": {"low": 0.8, "high": 1.25}}], steps=1)
+    trainer = Trainer(recipe)
     generate = trainer.rollout.generate
     # The engine samples (and records log-probs) at temperature 1.6; the trainer scores at the recipe's 1.0.
     trainer.rollout.generate = lambda prompts, params: generate(prompts, dataclasses.replace(params, temperature=1.6))

@@ -14,6 +14,7 @@ from rltune.logging import read_metrics
 from rltune.train import checkpoint as ckpt
 from rltune.trainer import RunDirError, Trainer
 from tests.conftest import ROOT, TINY, merge
+from tests.helpers.stopping import StopAfter
 
 COMPARED = ("reward/mean", "loss/total", "loss/policy", "train/grad_norm", "algo/entropy", "eval/accuracy",
             "rollout/response_len", "rollout/weight_version")
@@ -23,20 +24,6 @@ def _values(run_dir):
     return [{k: m.get(k) for k in ("step", *COMPARED)} for m in read_metrics(run_dir)]
 
 
-class _StopAfter(Trainer):
-    """Behaves like a run that got SIGTERM during step `k` (it finishes the step, then checkpoints)."""
-
-    def __init__(self, *a, stop_at: int, **kw):
-        super().__init__(*a, **kw)
-        self._stop_at = stop_at
-
-    def train_step(self):
-        out = super().train_step()
-        if self.step + 1 == self._stop_at:
-            self._stop_signal = "SIGTERM"
-        return out
-
-
 @pytest.mark.parametrize("stops", [(1,), (2, 3)])
 def test_resume_is_exact(tiny_recipe, tmp_path, stops):
     over = {"run": {"steps": 4, "eval_interval": 2}, "data": {"shuffle": True}}
@@ -44,9 +31,9 @@ def test_resume_is_exact(tiny_recipe, tmp_path, stops):
     Trainer(whole).fit()
 
     parts = tiny_recipe(**merge(over, {"run": {"output_dir": str(tmp_path / "parts")}}))
-    _StopAfter(parts, stop_at=stops[0]).fit()
+    StopAfter(parts, stop_at=stops[0]).fit()
     for k in stops[1:]:
-        _StopAfter(parts, resume=True, stop_at=k).fit()
+        StopAfter(parts, resume=True, stop_at=k).fit()
     Trainer(parts, resume=True).fit()
     assert _values(tmp_path / "whole") == _values(tmp_path / "parts")
 
