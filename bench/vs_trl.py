@@ -201,7 +201,7 @@ def run_rltune(a, model: Path, work: Path, env: dict) -> dict:
     metrics = run_dir / "metrics.jsonl"
     log = work / "rltune.log"
     cmd = [sys.executable, "-m", "rltune.cli", "train", RECIPE, f"sft.output_dir={model}", f"run.steps={a.steps}",
-           f"run.threads={a.threads}", "run.eval_interval=0", "run.save_interval=0", f"run.output_dir={run_dir}",
+           f"run.threads={a.threads}", "run.eval_interval=null", "run.save_interval=0", f"run.output_dir={run_dir}",
            "--overwrite"]
 
     def prog():  # steps completed = metrics rows with time/step

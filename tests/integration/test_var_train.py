@@ -23,7 +23,7 @@ RECIPE = ROOT / "recipes/var-tiny.yaml"
 
 def _recipe(tmp_path, name="run", **over) -> Recipe:
     d = load_recipe(RECIPE).model_dump(mode="json")
-    d["run"] |= {"name": name, "output_dir": str(tmp_path / "${name}"), "threads": 1, "eval_interval": 0,
+    d["run"] |= {"name": name, "output_dir": str(tmp_path / "${name}"), "threads": 1, "eval_interval": None,
                  **over.pop("run", {})}
     d["logging"] |= {"console": False}
     for k, v in over.items():
