@@ -44,16 +44,16 @@ SEEDS = (0, 1, 2)
 # Rollout-heavy: a random-init model never stops early, so every row decodes all 48 tokens, and a small batch
 # (4 prompts x 8) keeps the update short. Token-by-token decoding is latency-bound while the update is one batched
 # forward/backward, so here generation takes longer than the update (the case async rollouts are for).
-HEAVY = {"sft": None, "rollout": {"prompts_per_step": 4, "samples_per_prompt": 8, "max_new_tokens": 48},
+HEAVY = {"rollout": {"prompts_per_step": 4, "samples_per_prompt": 8, "max_new_tokens": 48},
          "train": {"micro_batch_size": 32}, "data": {"eval_size": 50}}
 
 
 def recipe(k: int, seed: int, steps: int, max_new: int, heavy: bool = False) -> dict:
     raw = json.loads(json.dumps(BASE))
-    if heavy:
-        for section, over in HEAVY.items():
-            raw[section] = None if over is None else raw[section] | over
+    if heavy:  # no warm start: a random-init model
         raw.pop("sft")
+        for section, over in HEAVY.items():
+            raw[section] |= over
         max_new = HEAVY["rollout"]["max_new_tokens"]
     raw["run"] |= {"seed": seed, "steps": steps,
                    "output_dir": str(WORK / f"k{k}_s{seed}_t{max_new}{'_heavy' if heavy else ''}")}
@@ -79,7 +79,6 @@ def one(k: int, seed: int, steps: int, skip: int, max_new: int, heavy: bool) -> 
         "staleness_max": max(m.get("rollout/staleness_max", 0.0) for m in rows),
         "staleness_mean": statistics.mean(m.get("rollout/staleness_mean", 0.0) for m in rows),
         "accuracy": last.get("eval/accuracy"), "reward_last10": statistics.mean(m["reward/mean"] for m in rows[-10:]),
-        "rollout_s_sync_equiv": med("time/wait_rollout") if k == 0 else None,
     }
 
 
