@@ -8,22 +8,13 @@ from rltune.config.schema import ModelConfig
 from rltune.models.policy import load_policy
 from rltune.train import packing
 from rltune.train import torch_engine as te
+from tests.helpers.batches import TINY_CFG, padded_batch
 
-CFG = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "max_position_embeddings": 32}
+CFG = TINY_CFG
 
 
 def _batch(tok, B=3, G=2, P=6, T=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    prompts = torch.randint(5, 90, (B, P), generator=g)
-    pm = torch.ones(B, P, dtype=torch.long)
-    for i in range(B):  # left padding of different lengths
-        prompts[i, : i % 3] = tok.pad_token_id
-        pm[i, : i % 3] = 0
-    ids = torch.cat([prompts.repeat_interleave(G, 0), torch.randint(5, 90, (B * G, T), generator=g)], 1)
-    mask = torch.cat([pm.repeat_interleave(G, 0), torch.ones(B * G, T, dtype=torch.long)], 1)
-    mask[::2, -2:] = 0  # right padding after an early EOS
-    ids[mask == 0] = tok.pad_token_id
-    return ids, mask, T
+    return padded_batch(tok, B, G, P, T, seed, eos_every=2, pad_ids=True)
 
 
 def test_pack_rows_hand_checked():

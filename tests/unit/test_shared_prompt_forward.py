@@ -7,21 +7,13 @@ import torch
 from rltune.config.schema import ModelConfig
 from rltune.models.policy import load_policy
 from rltune.train import torch_engine as te
+from tests.helpers.batches import TINY_CFG, padded_batch
 
-CFG = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "max_position_embeddings": 32}
+CFG = TINY_CFG
 
 
 def _batch(tok, B=4, G=3, P=6, T=5):
-    g = torch.Generator().manual_seed(0)
-    prompts = torch.randint(5, 90, (B, P), generator=g)
-    pm = torch.ones(B, P, dtype=torch.long)
-    for i in range(B):  # left padding of different lengths
-        prompts[i, : i % 3] = tok.pad_token_id
-        pm[i, : i % 3] = 0
-    ids = torch.cat([prompts.repeat_interleave(G, 0), torch.randint(5, 90, (B * G, T), generator=g)], 1)
-    mask = torch.cat([pm.repeat_interleave(G, 0), torch.ones(B * G, T, dtype=torch.long)], 1)
-    mask[::4, -2:] = 0  # right padding after an early EOS
-    return ids, mask, T
+    return padded_batch(tok, B, G, P, T, seed=0, eos_every=4)
 
 
 def _run(model, ids, mask, T, share, monkeypatch):
