@@ -35,11 +35,17 @@ def run_sft(recipe: Recipe, base_dir: str | Path = ".", callbacks: list | None =
     if recipe.run.threads:  # the same intra-op threads as `rltune train`: kernels' sums differ across thread counts
         torch.set_num_threads(recipe.run.threads)
     model, tok = load_policy(recipe.model, seed=recipe.run.seed)
+    n_val = s.val_examples if s.stop_at_accuracy is not None else 0
     if d.source.startswith("builtin:"):
-        # A builtin task draws fresh SFT problems with its own seed (never the RL prompts, never the test split).
-        args = dict(d.task_args, n_train=s.num_examples, train_seed=recipe.run.seed + 1)
+        # A builtin task draws fresh SFT problems with its own seed (never the RL prompts, never the test split);
+        # the validation rows are drawn after the training rows, so those are the same with or without them.
+        args = dict(d.task_args, n_train=s.num_examples + n_val, train_seed=recipe.run.seed + 1)
         d = d.model_copy(update={"task_args": args})
     rows = load_rows(d, d.split, base_dir=base_dir)
+    if n_val and len(rows) <= n_val:
+        raise SFTError(f"sft.val_examples={n_val} leaves no SFT rows out of {len(rows)}; lower sft.val_examples")
+    if n_val:
+        rows, val = rows.select(range(len(rows) - n_val)), rows.select(range(len(rows) - n_val, len(rows)))
     target = "solution" if "solution" in rows.column_names else d.answer_column
     if target is None:
         raise SFTError("SFT needs a target column: set data.answer_column or provide a `solution` column")
@@ -47,6 +53,10 @@ def run_sft(recipe: Recipe, base_dir: str | Path = ".", callbacks: list | None =
         "prompt": [format_prompt(p, d, tok) for p in rows[d.prompt_column]],
         "completion": [str(c) for c in rows[target]],
     })
+    stop = None
+    if n_val:
+        stop = _stop_at_accuracy(recipe, model, tok, val, set(rows[d.prompt_column]), base_dir)
+        callbacks = [*(callbacks or []), stop]
     cfg = SFTConfig(
         output_dir=str(Path(s.output_dir).with_name(Path(s.output_dir).name + ".trl")),
         max_steps=s.steps,
@@ -74,4 +84,51 @@ def run_sft(recipe: Recipe, base_dir: str | Path = ".", callbacks: list | None =
     model.generation_config.eos_token_id = tok.eos_token_id
     trainer.save_model(s.output_dir)
     tok.save_pretrained(s.output_dir)
-    return {"sft/loss": out.training_loss, "sft/steps": s.steps}
+    res = {"sft/loss": out.training_loss, "sft/steps": out.global_step}
+    if stop is not None:
+        res |= {"sft/val_accuracy": stop.last, "sft/reached_target": stop.reached}
+        if not stop.reached:
+            import warnings
+
+            warnings.warn(f"SFT ran all sft.steps={s.steps} without reaching sft.stop_at_accuracy="
+                          f"{s.stop_at_accuracy} (validation accuracy {stop.last:.3f}); raise sft.steps or lower "
+                          "the target", stacklevel=2)
+    return res
+
+
+def _stop_at_accuracy(recipe: Recipe, model, tok, val, trained_prompts: set, base_dir):
+    """A TrainerCallback that checks greedy accuracy on the validation rows `val` every sft.eval_every steps and
+    stops SFT at sft.stop_at_accuracy. Validation prompts that also occur among the SFT rows are dropped."""
+    import torch
+    from transformers import TrainerCallback
+
+    from rltune.reward import RewardManager
+    from rltune.rollout.base import SamplingParams
+    from rltune.rollout.hf_engine import HFEngine
+    from rltune.train.shared import greedy_eval
+
+    d, s, ro = recipe.data, recipe.sft, recipe.rollout
+    val = val.filter(lambda r: r[d.prompt_column] not in trained_prompts)
+    rows = {"prompts": [format_prompt(p, d, tok) for p in val[d.prompt_column]], "meta": val.to_dict()}
+    rewards = RewardManager(recipe.rewards, base_dir=base_dir)
+    sampling = SamplingParams(n=1, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_p=ro.top_p,
+                              top_k=ro.top_k, greedy=True)
+
+    class StopAtAccuracy(TrainerCallback):
+        last, reached = float("nan"), False
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step % s.eval_every:
+                return
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                engine = HFEngine(model, tok, d.max_prompt_tokens, decode=ro.decode)
+                self.last = greedy_eval(engine, rewards, rows, sampling, recipe.rewards, step=0)["eval/accuracy"]
+            model.train(was_training)
+            print(f"sft step {state.global_step}: validation accuracy {self.last:.3f} (stops at "
+                  f"{s.stop_at_accuracy})", flush=True)
+            if self.last >= s.stop_at_accuracy:
+                self.reached = control.should_training_stop = True
+
+    return StopAtAccuracy()

@@ -9,3 +9,6 @@ start=$(date +%s)
 rltune sft "$RECIPE"
 rltune train "$RECIPE" --overwrite "$@"
 echo "demo wall time: $(( $(date +%s) - start )) s (after the venv was ready)"
+if [ "$RECIPE" = recipes/addition-tiny.yaml ] && [ $# -eq 0 ]; then
+  python bench/demo_stability.py check runs/addition-tiny  # is the gain inside the README's measured range?
+fi

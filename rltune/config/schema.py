@@ -289,6 +289,14 @@ class SFTConfig(Section):
     batch_size: PositiveInt = 128
     warmup_steps: int = Field(100, ge=0)
     num_examples: PositiveInt = Field(64000, description="Training examples drawn from the data source.")
+    stop_at_accuracy: float | None = Field(
+        None, gt=0.0, le=1.0, description="Stop SFT once greedy accuracy (the first reward's mean) on a validation "
+        "set held back from the SFT rows reaches this value; `steps` is then the maximum. RL then starts from the "
+        "same level on every machine, where a fixed step count lands anywhere on a steep SFT curve. None = run "
+        "`steps`.")
+    val_examples: PositiveInt = Field(200, description="Validation rows for stop_at_accuracy: the last rows of the "
+                                      "SFT data (a builtin task draws them in addition), never trained on.")
+    eval_every: PositiveInt = Field(10, description="SFT steps between two validation checks (stop_at_accuracy).")
 
 
 # -------------------------------------------------------------------------------------------- plugins
