@@ -299,7 +299,7 @@ class Trainer(RunLoop):
         self.engine.load_state_dict(sd["engine"])
         self.loader.load_state_dict(sd["loader"])
         self.mods.load_state_dict(sd["modifiers"])
-        self.rollout.weight_version = sd.get("weight_version", sd["step"])  # VAR checkpoints of rltune <= 0.x
+        self.rollout.weight_version = sd.get("weight_version", sd["step"])  # VAR states before the shared step
         self.best = sd.get("best")
         if "kl_ctl" in sd:
             self.kl_ctl.load_state_dict(sd["kl_ctl"])
