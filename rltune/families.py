@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["SupportManifest", "PolicyFamily", "FAMILIES", "manifest_for", "set_keys", "check_support",
+__all__ = ["SupportManifest", "FAMILIES", "manifest_for", "set_keys", "check_support",
            "modifier_hooks", "supported_families", "builtin_modifiers", "support_table"]
 
 ALL_HOOKS = ("on_prompts", "shape_rewards", "shape_advantages", "token_weights", "extra_loss", "on_gradients",
@@ -28,7 +28,8 @@ class SupportManifest:
     """What one policy family honours. `keys` are dotted recipe paths; a path covers everything under it."""
 
     family: str                    # the model.kind value
-    trainer: str                   # "module:Class" of its trainer
+    trainer: str                   # "module:Class" of its trainer (a Trainer with the family's PolicyFamily,
+                                   # rltune/train/family.py; diffusion: its own RunLoop)
     hooks: frozenset[str]          # modifier hooks its step calls
     capabilities: frozenset[str]   # what it computes for modifiers on request (`requires`)
     keys: tuple[str, ...]          # recipe keys it reads; every other key must stay at its default
@@ -95,19 +96,6 @@ DIFFUSION = SupportManifest(
     })
 
 FAMILIES: dict[str, SupportManifest] = {m.family: m for m in (TEXT, VAR, DIFFUSION)}
-
-
-@runtime_checkable
-class PolicyFamily(Protocol):
-    """What every family's trainer is (rltune.trainer.Trainer, VarTrainer, DiffusionTrainer): a RunLoop whose step,
-    eval, state and export are its own, with a support manifest the recipe check reads."""
-
-    manifest: ClassVar[SupportManifest]
-
-    def train_step(self) -> dict[str, Any]: ...
-    def evaluate(self) -> dict[str, float]: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def export(self, out: Path) -> None: ...
 
 
 def manifest_for(kind: str) -> SupportManifest:

@@ -7,14 +7,15 @@
 One step (B prompts, G samples each, N = B·G rows, T response positions):
 rollout -> reward -> (old log-probs) -> advantage -> update (micro-batches) -> sync -> log/eval/checkpoint.
 Each phase runs under a timer named after it (`time/rollout`, ...). Research variants hook in through
-modifiers (rltune/modifiers); nothing in this file branches on a method name.
+modifiers (rltune/modifiers); nothing in this file branches on a method name. The step is the same for every
+token policy family: what differs (how rows are sampled, rewarded, fed to the model, logged, saved) is the
+family's (rltune/train/family.py): text causal LMs (rltune/train/text_family.py) here, VAR in
+rltune/visual/var_trainer.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -26,8 +27,7 @@ from rltune import algo
 from rltune.config.schema import Recipe
 from rltune.data.batch import RolloutBatch
 from rltune.data.prompts import PromptLoader, load_rows
-from rltune.families import FAMILIES, TEXT, check_support
-from rltune.models.policy import load_policy, resolve_device
+from rltune.families import FAMILIES, check_support
 from rltune.modifiers.base import (
     AdvantageContext,
     LossContext,
@@ -43,97 +43,43 @@ from rltune.rollout.base import SamplingParams
 from rltune.rollout.dynamic import sample_groups
 from rltune.rollout.pool import load_synced_weights
 from rltune.train import checkpoint as ckpt
-from rltune.train.critic import Critic, finish_critic_metrics
+from rltune.train.critic import finish_critic_metrics
+from rltune.train.family import PolicyFamily, StepTensors
 # RunDirError and TrainingDivergedError are also imported from here (cli, tests, the visual trainers).
-from rltune.train.loop import RunDirError, RunLoop, TrainingDivergedError, rng_state, set_rng_state
-from rltune.train.engines import build_engines
-from rltune.train.shared import (
-    best_worst_samples,
-    check_positions,
-    greedy_eval,
-    minibatches,
-    reward_input,
-    step_metrics,
-    step_seed,
-    text_eval_rows,
-)
+from rltune.train.loop import RunDirError, RunLoop, TrainingDivergedError, rng_state, set_rng_state  # noqa: F401
+from rltune.train.shared import best_worst_samples, minibatches, step_seed
+from rltune.train.text_family import TextFamily
 from rltune.train.update import UpdateInputs, UpdateSpec
 from rltune.watchdog import Watchdog
 
 
-@dataclasses.dataclass
-class _StepTensors:
-    """What the advantage phase hands the update: [N,T] tensors (None when the step does not need them)."""
-
-    advantages: torch.Tensor | None = None
-    loss_mask: torch.Tensor | None = None       # response mask & modifier masks (& not truncated)
-    weight: torch.Tensor | None = None          # modifier token weights
-    old_logprobs: torch.Tensor | None = None
-    entropy: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
-    values: torch.Tensor | None = None          # critic (PPO)
-    returns: torch.Tensor | None = None
-    kl_tok: torch.Tensor | None = None          # per-token KL of the rollout policy to the reference
-
-
 class Trainer(RunLoop):
-    """Text LMs. The outer loop (fit, signals, eval cadence, checkpoints) is RunLoop's (rltune/train/loop.py)."""
+    """The one RL step of every token policy family; the family (`family_cls`, a PolicyFamily) says how its rows
+    are sampled, rewarded, fed to the model and saved. The outer loop (fit, signals, eval cadence, checkpoints) is
+    RunLoop's (rltune/train/loop.py)."""
 
-    manifest = TEXT
+    family_cls: type = TextFamily
 
     def _build(self, resume_from: Path | None) -> None:
         r = self.recipe
         check_support(r, base_dir=self.base_dir)   # every key set is honoured, every modifier runs (families.py)
-
-        # Policy: a checkpoint when resuming, else the SFT warm start, else model.path / model.tiny.
-        start = None
-        if r.starts_from_sft:
-            start = r.sft.output_dir
-            if not (Path(start) / "config.json").is_file():
-                raise RunDirError(f"no SFT model at {start}: run `rltune sft <recipe>` first (recipe has an sft: section)")
-        # Actors build from this stable start (a resume checkpoint may be pruned before a worker restarts) and
-        # then receive the current weights (sync, or the ranks' sharded checkpoint).
-        actor_start = start
-        if resume_from is not None and r.model.lora is None:
-            start = str(resume_from / "model")
-        self.device = resolve_device(r.run.device)
-        self.model, self.tok = load_policy(r.model, path=start, seed=r.run.seed)
-        self.model.to(self.device)
-        if resume_from is not None and r.model.lora is not None:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-
-            set_peft_model_state_dict(self.model, load_file(resume_from / "model" / "adapter_model.safetensors"))
-        # The reference model exists only when a KL term needs it (kl_coef > 0); with LoRA the base is the ref.
-        # With training ranks the reference model lives on the ranks (sharded like the policy under ZeRO-3).
-        self.ref_model = None
-        if r.algo.kl_coef > 0 and r.model.lora is None and not r.cluster.train_ranks:
-            self.ref_model, _ = load_policy(r.model, path=r.sft.output_dir if r.starts_from_sft else None, seed=r.run.seed,
-                                            trainable=False)
-            self.ref_model.to(self.device)
-
+        # The policy (from the checkpoint when resuming; + the frozen reference when a KL term needs it), its
+        # tokenizer and the held-out rows.
+        self.family: PolicyFamily = self.family_cls(r, self.base_dir, resume_from)
+        f = self.family
+        self.model, self.tok, self.ref_model, self.eval_rows = f.model, f.tokenizer, f.ref_model, f.eval_rows
         self.rewards = RewardManager(r.rewards, base_dir=self.base_dir)
         self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
-        self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, self.tok, r.run.seed)
-        self.eval_rows = text_eval_rows(r.data, self.tok, self.base_dir)
-        check_positions(r, self.model, self.tok, self.loader.ds[r.data.prompt_column],
-                        self.eval_rows["prompts"] if self.eval_rows is not None else [])
+        rows = load_rows(r.data, r.data.split, base_dir=self.base_dir)
+        self.loader = PromptLoader(rows, r.data, self.tok, r.run.seed)
+        f.check_prompts(self.loader.ds[r.data.prompt_column])
         self._claim_run_dir()  # recipe, model, data, rewards and modifiers all loaded: --overwrite may now delete
         c = r.cluster
-        # Training engine (this process, or DeepSpeed ranks) and rollout engine (in-process, vLLM, Ray workers):
-        # the trainer uses only their protocols (rltune/train/engines.py).
-        engines = build_engines(r, self.model, self.tok, self.ref_model, actor_start, resume_from, self.base_dir,
-                                self.run_dir)
-        self.engine, self.rollout = engines.train, engines.rollout
+        f.start(resume_from, self.run_dir)   # training and rollout engines (+ PPO's critic)
+        self.engine, self.rollout, self.critic = f.engine, f.rollout, f.critic
         # With Ray rollout workers, rollouts of steps t..t+k are in flight while step t trains (k =
         # rollout.max_staleness; 0 = synchronous).
         self.ahead = RolloutQueue(self.rollout, r.rollout.max_staleness) if c.rollout_workers else None
-        # PPO's value model (algo.advantage=gae) starts from the policy's starting model unless critic.path/tiny.
-        # On training ranks it is a DeepSpeed engine there too (TrainGroup.critic, same interface).
-        self.critic = None
-        if r.critic is not None:
-            self.critic = (self.engine.critic if c.train_ranks else
-                           Critic(r.critic, r.model, start, r.run.seed, r.train.micro_batch_size))
         self.kl_ctl = algo.KLController(r.algo.kl_coef, r.algo.kl_target, r.algo.kl_horizon)
         if r.rollout.max_staleness and "probe" in self.mods.requires:
             raise ValueError("rollout.max_staleness > 0 cannot run modifiers that probe the current policy before "
@@ -158,7 +104,7 @@ class Trainer(RunLoop):
         return self.eval_rows is not None
 
     def _watched_eval(self) -> dict[str, float]:
-        with self.watchdog.watch("eval"):  # greedy generation over the whole eval set: name it if it hangs
+        with self.watchdog.watch("eval"):  # held-out generation over the whole eval set: name it if it hangs
             return self.evaluate()
 
     def _shutdown(self) -> None:
@@ -197,14 +143,13 @@ class Trainer(RunLoop):
                 load_synced_weights(self.model, ref)
             (self.ahead or self.rollout).sync(self.model, self.rollout.weight_version + 1, weights_ref=ref)
 
-        metrics = step_metrics(batch, result, raw, rewards, s.advantages, r.rollout.samples_per_prompt)
+        metrics = self.family.step_metrics(batch, result, raw, rewards, s)
         metrics |= stats | timers
         metrics["time/step"] = time.perf_counter() - t_step
         metrics |= self.mods.on_step_end(metrics, state)
         # Training ranks report their own modifier instances' metrics (extra_loss/on_gradients run there).
         metrics |= {k: v for k, v in stats.items() if k.startswith(("mod/", "time/mod/"))}
-        self._last_samples = best_worst_samples(raw, lambda i: {"prompt": batch.prompts[i],
-                                                                 "completion": batch.completions[i]})
+        self._last_samples = best_worst_samples(raw, lambda i: self.family.describe(batch, i))
         return metrics
 
     def _rollout(self, state: StepState, seed: int, timers: dict[str, float]):
@@ -219,9 +164,11 @@ class Trainer(RunLoop):
                 prompts = self.mods.on_prompts(prompts, prompt_ctx)
                 return self.rollout.generate(prompts, self._sampling(seed=(seed + k * 104_729) % (2**31 - 1)))
 
-        def score(b):
+        def score(b):  # the family's view of the rows (text, or decoded images); reward extras for modifiers
             with self._phase(timers, "time/reward"):
-                return self.rewards(reward_input(b, self.step))
+                result = self.rewards(self.family.reward_input(b, self.step))
+                self.family.on_rewards(b, result)
+                return result
 
         def draw(s):  # prompts and sampling of step s (s > self.step: a rollout that runs ahead)
             st = dataclasses.replace(state, step=s)
@@ -231,7 +178,7 @@ class Trainer(RunLoop):
 
         if self.ahead is None:
             return sample_groups(generate, score, self.loader.next, r.rollout.prompts_per_step, enabled=ds.enabled,
-                                 max_rounds=ds.max_rounds, pad_id=self.tok.pad_token_id)
+                                 max_rounds=ds.max_rounds, pad_id=self.tok.pad_token_id if self.tok is not None else 0)
         # Ray rollout workers: this step's rows were submitted up to rollout.max_staleness steps ago
         with self._phase(timers, "time/rollout"):
             batch, dyn = self.ahead.take(self.step, draw)
@@ -240,9 +187,9 @@ class Trainer(RunLoop):
         return batch, result, dyn | {"rollout/staleness_mean": float(lag.mean()),
                                      "rollout/staleness_max": float(lag.max())}
 
-    def _advantage(self, batch: RolloutBatch, raw, rewards, state: StepState, timers) -> _StepTensors:
+    def _advantage(self, batch: RolloutBatch, raw, rewards, state: StepState, timers) -> StepTensors:
         a, mask, need = self.recipe.algo, batch.response_mask, self.mods.requires
-        s = _StepTensors()
+        s = StepTensors()
         # Old log-probs / entropy only when something reads them before the update; more than one update per
         # batch (ppo_epochs/mini_batches) needs the old policy's log-probs fixed first.
         if "entropy" in need or "old_logprobs" in need or a.kl_coef > 0 or a.updates_per_step > 1:
@@ -279,7 +226,7 @@ class Trainer(RunLoop):
                 s.loss_mask = s.loss_mask & ~batch.truncated[:, None]
         return s
 
-    def _update(self, batch: RolloutBatch, s: _StepTensors, state: StepState, timers) -> dict[str, float]:
+    def _update(self, batch: RolloutBatch, s: StepTensors, state: StepState, timers) -> dict[str, float]:
         """One optimizer step per mini-batch (ppo_epochs × mini_batches), micro-batches accumulating; the critic
         first (PPO), then the policy unless the critic is still warming up (critic.warmup_steps)."""
         r, a = self.recipe, self.recipe.algo
@@ -292,11 +239,15 @@ class Trainer(RunLoop):
                     len(plan), s.values, s.returns, s.loss_mask)
         if self.critic is None or self.step >= r.critic.warmup_steps:
             with self._phase(timers, "time/update"):
-                x = UpdateInputs(batch.input_ids, batch.attention_mask, s.advantages, s.loss_mask,
+                x = UpdateInputs(*self.family.update_rows(batch), s.advantages, s.loss_mask,
                                  batch.rollout_logprobs, s.weight, s.old_logprobs, s.entropy, s.ref_logprobs,
                                  dict(batch.extras))
                 kl_coef = self.kl_ctl.coef if a.kl_placement == "loss" else 0.0
-                stats |= self.engine.update(x, plan, UpdateSpec.from_recipe(r, kl_coef), state, self.mods)
+                # seq-mean-token-sum-norm's constant defaults to the family's response budget (text:
+                # rollout.max_new_tokens; VAR: the pyramid's T tokens)
+                spec = dataclasses.replace(UpdateSpec.from_recipe(r, kl_coef),
+                                           loss_scale_constant=a.loss_scale_constant or self.family.response_budget)
+                stats |= self.engine.update(x, plan, spec, state, self.mods)
         if s.kl_tok is not None:  # the rollout policy's KL to the reference drives the adaptive controller
             stats["algo/kl_rollout"] = float(masked_mean(s.kl_tok, batch.response_mask, dim=-1).mean())
             stats["algo/kl_coef"] = self.kl_ctl.coef
@@ -309,20 +260,19 @@ class Trainer(RunLoop):
 
         plain = PromptBatch(prompts=prompts.prompts, meta=prompts.meta)
         b = self.rollout.generate(plain, dataclasses.replace(self._sampling(), n=n))
-        return self.rewards(reward_input(b, self.step)).rewards.view(len(prompts), n)
+        return self.rewards(self.family.reward_input(b, self.step)).rewards.view(len(prompts), n)
 
     def _score_batch(self, batch: RolloutBatch, entropy: bool):
         """Old-policy log-probs (and entropy) and reference log-probs [N,T] for the whole batch, no grad; on the
         training ranks when there are some (each scores its slice; the reference model lives there too)."""
         r = self.recipe
-        return self.engine.score(batch.input_ids, batch.attention_mask, batch.response_ids.shape[1],
+        return self.engine.score(*self.family.update_rows(batch), batch.response_ids.shape[1],
                                  r.rollout.temperature, entropy, r.algo.kl_coef > 0)
 
     # ------------------------------------------------------------------------------------ eval / metrics
     def evaluate(self) -> dict[str, float]:
-        """Greedy completions on the held-out rows; `eval/accuracy` is the first reward's mean."""
-        return greedy_eval(self.rollout, self.rewards, self.eval_rows, self._sampling(greedy=True), self.recipe.rewards,
-                           self.step)
+        """The family's held-out metrics (text: greedy completions); `eval/accuracy` is the first reward's mean."""
+        return self.family.evaluate(self.eval_rows, self.rewards, self._sampling(greedy=True), self.step)
 
     # --------------------------------------------------------------------------------- state and files
     def _sampling(self, greedy: bool = False, seed: int | None = None) -> SamplingParams:
@@ -349,7 +299,7 @@ class Trainer(RunLoop):
         self.engine.load_state_dict(sd["engine"])
         self.loader.load_state_dict(sd["loader"])
         self.mods.load_state_dict(sd["modifiers"])
-        self.rollout.weight_version = sd["weight_version"]
+        self.rollout.weight_version = sd.get("weight_version", sd["step"])  # VAR states before the shared step
         self.best = sd.get("best")
         if "kl_ctl" in sd:
             self.kl_ctl.load_state_dict(sd["kl_ctl"])
@@ -360,24 +310,14 @@ class Trainer(RunLoop):
             torch.cuda.set_rng_state_all(sd["rng"]["cuda"])
 
     def _save_model(self, path: Path) -> None:
-        self.model.save_pretrained(path)
+        self.family.save_model(path)
         if self.ahead is not None:
             self.ahead.write(path.parent / "inflight")
         self.engine.save(path.parent / "deepspeed")  # training ranks write their shards next to it (shared fs)
 
     def export(self, out: Path) -> None:
-        """A servable Hugging Face folder: LoRA adapters are merged into a copy of the base."""
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model = self.model
-        if self.recipe.model.lora is not None:
-            import copy
-
-            model = copy.deepcopy(self.model).merge_and_unload()
-        model.save_pretrained(tmp)
-        self.tok.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        """The family's servable final model (text: a Hugging Face folder, LoRA merged into a copy of the base)."""
+        self.family.export(out)
 
 
 def build_trainer(recipe: Recipe, base_dir: str | Path = ".", resume: bool = False, overwrite: bool = False,

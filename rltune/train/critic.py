@@ -11,16 +11,18 @@ the rows, exactly as the policy update does (rltune/train/update.py), so sharded
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from typing import Any
 
 import torch
 
-from rltune.algo import global_denominators, value_loss
+from rltune.algo import value_loss
 from rltune.config.schema import CriticConfig, ModelConfig, TrainConfig
 from rltune.models.value import load_value_model
 from rltune.ops import masked_mean, masked_var
 from rltune.train.scoring import rank_micro_batches
+from rltune.train.update import CRITIC_KEYS, accumulate_steps, micro_batches
 
 # Partial sums on each rank (add them up) vs. values every rank agrees on (take rank 0's).
 _GLOBAL = ("critic/grad_norm", "critic/skipped_steps")
@@ -66,44 +68,32 @@ class Critic:
 
     def update(self, input_ids, attention_mask, plan: list[torch.Tensor], old_values: torch.Tensor,
                returns: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-        """One optimizer step per mini-batch of row indices in `plan`; metric sums of this rank (`finish` turns
-        the ranks' sums into the step's metrics)."""
-        c, e = self.cfg, self.engine
+        """One optimizer step per mini-batch of row indices in `plan`, through the loop the policy update uses
+        (rltune/train/update.py: accumulate_steps); metric sums of this rank (`finish_critic_metrics` turns the
+        ranks' sums into the step's metrics)."""
+        c = self.cfg
         T = mask.shape[1]
         device = next(self.model.parameters()).device
         if device.type != "cpu":
             input_ids, attention_mask, old_values, returns, mask = (
                 t.to(device) for t in (input_ids, attention_mask, old_values, returns, mask))
-        acc: dict[str, float] = defaultdict(float)
-        for mini in plan:
-            denom = global_denominators(mask[mini])
-            local = mini.tensor_split(self.world)[self.rank]
-            micros = list(local.split(self.micro)) or [local]
-            finite = True
-            for i, rows in enumerate(micros):
-                e.set_boundary(i == len(micros) - 1)
-                if len(rows) == 0:  # a rank without rows still joins the gradient collectives
-                    e.backward(e.zero_loss())
-                    continue
-                v = self._module(input_ids[rows], attention_mask[rows], T)
-                m = mask[rows]
-                loss = c.vf_coef * value_loss(v, old_values[rows], returns[rows], m, c.value_clip, "token-mean",
-                                              **denom)
-                # The engine averages gradients over ranks; each rank's loss is its share of the global sum.
-                e.backward(loss * self.world if self.world > 1 else loss)
-                finite &= bool(torch.isfinite(loss.detach()))
-                acc["loss/value"] += float(loss.detach())
-                if c.value_clip is not None and m.any():
-                    lo, hi = old_values[rows] - c.value_clip, old_values[rows] + c.value_clip
-                    out = ((v.detach() < lo) | (v.detach() > hi)).float()
-                    acc["critic/value_clip_frac"] += float(masked_mean(out, m)) * float(m.sum()) / max(
-                        1.0, denom["num_tokens"])
-            if e.all_finite(finite and e.grads_finite()):
-                acc["critic/grad_norm"] += e.step()
-            else:
-                e.skip_step()
-                acc["critic/skipped_steps"] += 1.0
-        return dict(acc)
+
+        def micro_loss(rows, mini, denom, acc):  # ½·vf_coef·clipped squared error, token-mean over the mini-batch
+            v = self._module(input_ids[rows], attention_mask[rows], T)
+            m = mask[rows]
+            loss = c.vf_coef * value_loss(v, old_values[rows], returns[rows], m, c.value_clip, "token-mean", **denom)
+            acc["loss/value"] += float(loss.detach())
+            if c.value_clip is not None and m.any():
+                lo, hi = old_values[rows] - c.value_clip, old_values[rows] + c.value_clip
+                out = ((v.detach() < lo) | (v.detach() > hi)).float()
+                acc["critic/value_clip_frac"] += float(masked_mean(out, m)) * float(m.sum()) / max(
+                    1.0, denom["num_tokens"])
+            return loss
+
+        split = functools.partial(micro_batches, lengths=None, micro=self.micro, rank=self.rank,
+                                  world_size=self.world)
+        return dict(accumulate_steps(self.engine, plan, mask, "token-mean", split, micro_loss, CRITIC_KEYS,
+                                     self.world))
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), **self.engine.state_dict()}

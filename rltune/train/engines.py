@@ -50,14 +50,17 @@ class LocalEngine(TorchEngine):
 
     nodes: list[str] = []
 
-    def __init__(self, model: torch.nn.Module, ref_model: torch.nn.Module | None, cfg: Any, total_steps: int):
-        super().__init__(model, cfg, total_steps)
+    def __init__(self, model: torch.nn.Module, ref_model: torch.nn.Module | None, cfg: Any, total_steps: int,
+                 forward: Any = None):
+        super().__init__(model, cfg, total_steps, forward)
         self.ref_model = ref_model
 
     def score(self, input_ids, attention_mask, T, temperature, entropy, kl):
+        """With a family forward (VAR) scoring runs it; a causal LM is scored by response_logprobs in full
+        precision, unpacked (rltune/train/scoring.py)."""
         ref = (self.ref_model if self.ref_model is not None else "adapter_off") if kl else None
         return score_rows(self.model, ref, input_ids, attention_mask, T, temperature, entropy,
-                          min(self.cfg.micro_batch_size, len(input_ids)))
+                          min(self.cfg.micro_batch_size, len(input_ids)), forward=self.forward_fn)
 
     def weights_ref(self) -> None:
         return None

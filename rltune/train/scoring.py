@@ -8,7 +8,9 @@ number of micro-batch forwards: a rank with fewer rows runs a throw-away forward
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -31,22 +33,27 @@ def rank_micro_batches(n: int, micro: int, rank: int = 0, world: int = 1) -> lis
 @torch.no_grad()
 def score_rows(policy: nn.Module, ref: nn.Module | str | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                T: int, temperature: float, entropy: bool, micro: int, rank: int = 0, world: int = 1,
-               always_split: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+               always_split: bool = False, forward: Callable | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Log-probs [n,T] of this rank's rows under `policy`, their entropy (or None) and log-probs under `ref`
     (a model; "adapter_off" = the LoRA policy with its adapter disabled; None = no reference), on CPU.
-    `always_split`: the two-pass prompt/response forward even where no prompt repeats (ZeRO-3, see above)."""
+    `always_split`: the two-pass prompt/response forward even where no prompt repeats (ZeRO-3, see above).
+    `forward`: a policy family's forward (model, ids, mask, T, temperature, entropy) -> (log-probs, entropy);
+    default the causal LM's response_logprobs."""
     device = next(policy.parameters()).device
+    if forward is None:
+        forward = functools.partial(response_logprobs, always_split=always_split)
     olds, ents, refs = [], [], []
     for rows, real in rank_micro_batches(len(input_ids), micro, rank, world):
         ids, attn = input_ids[rows].to(device), attention_mask[rows].to(device)
-        lp, ent = response_logprobs(policy, ids, attn, T, temperature, entropy, always_split=always_split)
+        lp, ent = forward(policy, ids, attn, T, temperature, entropy)
         rlp = None
         if ref == "adapter_off":  # LoRA: the frozen base without the adapter is the reference
             base = getattr(policy, "module", policy)
             with base.disable_adapter():
-                rlp = response_logprobs(policy, ids, attn, T, temperature, always_split=always_split)[0]
+                rlp = forward(policy, ids, attn, T, temperature)[0]
         elif ref is not None:
-            rlp = response_logprobs(ref, ids, attn, T, temperature, always_split=always_split)[0]
+            rlp = forward(ref, ids, attn, T, temperature)[0]
         if real:
             olds.append(lp.cpu())
             ents.append(None if ent is None else ent.cpu())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -157,9 +158,19 @@ def cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def text_forward(model: nn.Module, cfg: TrainConfig, input_ids, attention_mask, response_len, temperature=1.0,
+                 entropy=False, entropy_grad=False):
+    """The update's forward of a causal LM: response_logprobs under train.autocast, packed per train.padding_free."""
+    with autocast(cfg.autocast, next(model.parameters()).device):
+        return response_logprobs(model, input_ids, attention_mask, response_len, temperature, entropy,
+                                 entropy_grad, pack=use_packing(cfg.padding_free, model))
+
+
 class TorchEngine:
-    def __init__(self, model: nn.Module, cfg: TrainConfig, total_steps: int):
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: nn.Module, cfg: TrainConfig, total_steps: int, forward: Callable | None = None):
+        """`forward(model, input_ids, attention_mask, T, temperature, entropy, entropy_grad) -> (log-probs [n,T],
+        entropy [n,T] or None)`: the policy family's forward (rltune/train/family.py); None = text_forward."""
+        self.model, self.cfg, self.forward_fn = model, cfg, forward
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters (check model.lora / frozen layers)")
@@ -174,9 +185,11 @@ class TorchEngine:
         self.model.train()
 
     def forward(self, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
-        with autocast(self.cfg.autocast, self.params[0].device):
-            return response_logprobs(self.model, input_ids, attention_mask, response_len, temperature, entropy,
-                                     entropy_grad, pack=use_packing(self.cfg.padding_free, self.model))
+        if self.forward_fn is not None:
+            return self.forward_fn(self.model, input_ids, attention_mask, response_len, temperature, entropy,
+                                   entropy_grad)
+        return text_forward(self.model, self.cfg, input_ids, attention_mask, response_len, temperature, entropy,
+                            entropy_grad)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()

@@ -1,27 +1,26 @@
-"""`VarTrainer.fit()`: GRPO for visual autoregressive (next-scale) policies, the step of rltune/trainer.py over
-token pyramids, read top to bottom.
+"""The VAR policy family (model.kind: var): GRPO for visual autoregressive (next-scale) policies, trained by the
+one step of rltune/trainer.py over token pyramids.
 
     rltune train recipes/var-tiny.yaml                 # a recipe with model.kind: var
 
 One step (B prompts = class labels, G samples each; a row holds T = Σ_t h_t·w_t scale-tokens, docs/var.md):
   plan      mods.on_prompts may attach a VMR plan (PromptBatch.plan, a RolloutPlan): full | prefix | suffix
-  rollout   token pyramids with per-token log-probs (CFG, top-k/top-p); N rows; the loss mask = the stage's scales
+  rollout   VarSampler: token pyramids with per-token log-probs (CFG, top-k/top-p); N rows; the loss mask = the
+            stage's scales
   reward    decode -> images -> RewardManager(RewardInput(images=...)) -> rewards [N] + spatial extras (boxes)
   advantage algo.estimate over the groups -> mods.shape_advantages (VMR: soft values of the prefixes)
-  update    teacher-forcing log-probs [n,T] -> algo.policy_loss × mods.token_weights (scale_reweight, var_mask)
-            -> algo.aggregate -> optimizer step; then log / checkpoint
+  update    rows [class label | T tokens] -> var_forward's teacher-forcing log-probs [n,T] -> run_update with
+            mods.token_weights (scale_reweight, var_mask); then log / checkpoint
 Batch extras the modifiers read: scale_idx [N,T], scale_hw [N,S,2], image_hw [N,2], prefix_id [N], and every
 reward extra (boxes [N,K,4] NaN-padded, saliency [N,H,W], numbers [N]). Run-directory rules, signals and
-checkpoints are RunLoop's, as for the text trainer (rltune/train/loop.py, rltune/train/checkpoint.py).
+checkpoints are RunLoop's, as for the text family (rltune/train/loop.py, rltune/train/checkpoint.py).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -32,44 +31,31 @@ from rltune import algo
 from rltune.config.load import RecipeError, dump_recipe
 from rltune.config.schema import AlgoConfig, Recipe
 from rltune.data.batch import PromptBatch, RolloutBatch
-from rltune.data.prompts import PromptLoader, load_rows
-from rltune.families import VAR, check_support
+from rltune.families import VAR
 from rltune.models.policy import resolve_device
 from rltune.models.var import VarPolicy, VarSample, build_var_policy, sample_var, scale_index, token_logprobs
-from rltune.modifiers.base import AdvantageContext, LossContext, PromptContext, RewardContext, StepState
-from rltune.modifiers.pipeline import ModifierPipeline
 from rltune.ops import entropy_from_logits, masked_mean
-from rltune.reward import RewardManager
-from rltune.train import checkpoint as ckpt
-from rltune.train.loop import RunLoop, rng_state, set_rng_state
-from rltune.train.shared import (
-    best_worst_samples,
-    eval_metrics,
-    image_reward_input,
-    load_eval_rows,
-    minibatches,
-    reward_input,
-    step_seed,
-)
-from rltune.train.torch_engine import TorchEngine
-from rltune.train.update import UpdateInputs, UpdateSpec
+from rltune.reward import RewardInput, RewardResult
+from rltune.rollout.base import SamplingParams
+from rltune.train.engines import LocalEngine
+from rltune.train.family import StepTensors
+from rltune.train.shared import eval_metrics, image_reward_input, load_eval_rows, reward_input
+from rltune.trainer import Trainer
 from rltune.visual.var_plan import STAGES, RolloutPlan
-from rltune.watchdog import Watchdog
 
 LAYOUT_KEYS = ("scale_idx", "scale_hw", "image_hw", "prefix_id")
 
 
-class VarTrainer(RunLoop):
+class VarFamily:
+    """rltune.train.family.PolicyFamily for VAR policies. One device (run.device; auto = the GPU when there is
+    one); batches live on the CPU and cross to the device at the model's boundary."""
+
     manifest = VAR
-    NONFINITE = "gradient"
-    DIVERGED_ADVICE = "Lower train.lr, set train.max_grad_norm, or check rewards/modifiers"
+    tokenizer = None
+    critic = None
 
-    def _build(self, resume_from: Path | None) -> None:
-        r = self.recipe
-        check_support(r, base_dir=self.base_dir)   # every key set is honoured, every modifier runs (families.py)
-
-        # One device (run.device; auto = the GPU when there is one); batches live on the CPU and cross to the device
-        # at the model's boundary (_sample, _decode, _logits).
+    def __init__(self, r: Recipe, base_dir: Path, resume_from: Path | None):
+        self.r, self.base_dir = r, base_dir
         self.device = resolve_device(r.run.device)
         self.model: VarPolicy = build_var_policy(r.model.var, seed=r.run.seed)
         self.ref_model = None
@@ -80,189 +66,71 @@ class VarTrainer(RunLoop):
         self.model.to(self.device)
         self.scales = self.model.scales
         self.layout = scale_index(self.scales)                                       # [T]
-        with torch.no_grad():
-            self.image_hw = tuple(self._decode(torch.zeros(1, self.layout.numel(), dtype=torch.long)).shape[-2:])
-        self.rewards = RewardManager(r.rewards, base_dir=self.base_dir)
-        self.mods = ModifierPipeline.from_specs(r.modifiers, base_dir=self.base_dir)
-        self.loader = PromptLoader(load_rows(r.data, r.data.split, base_dir=self.base_dir), r.data, None, r.run.seed)
-        self.eval_rows = self._load_eval_rows()
-        self._claim_run_dir()  # policy, rewards, modifiers and data loaded: --overwrite may now delete
-        self.engine = VarEngine(self.model, r.train, r.run.steps * r.algo.updates_per_step)
-        if resume_from is not None:
-            self._load_state(ckpt.load_state(resume_from))
-        self.watchdog = Watchdog(r.run.watchdog_s, self.run_dir)  # last: its clock starts with the run
+        self.image_hw = tuple(self.decode(torch.zeros(1, self.layout.numel(), dtype=torch.long)).shape[-2:])
+        ds = load_eval_rows(r.data, base_dir)
+        self.eval_rows = None if ds is None else ds.to_dict()
 
-    # ------------------------------------------------------------------------------------ RunLoop hooks
-    def _has_eval(self) -> bool:
-        return self.eval_rows is not None
+    def check_prompts(self, prompts: list[str]) -> None:
+        return None  # class labels are checked against the model's classes at each rollout
 
-    # ------------------------------------------------------------------------------------------- the step
-    def train_step(self) -> dict[str, Any]:
-        r, a = self.recipe, self.recipe.algo
-        state = StepState(step=self.step, seed=r.run.seed, total_steps=r.run.steps)
-        torch.manual_seed(step_seed(r.run.seed, self.step))  # a resumed run draws what the uninterrupted one drew
-        timers: dict[str, float] = defaultdict(float)
-        t_step = time.perf_counter()
+    def start(self, resume_from: Path | None, run_dir: Path) -> None:
+        r = self.r
+        self.engine = LocalEngine(self.model, self.ref_model, r.train, r.run.steps * r.algo.updates_per_step,
+                                  forward=var_forward)
+        self.rollout = VarSampler(self)
 
-        # -- rollout: B prompts -> (modifiers may attach a VMR plan) -> N token pyramids with per-token log-probs
-        with self._phase(timers, "time/rollout"):
-            prompts = self.loader.next(r.rollout.prompts_per_step)
-            prompts = self.mods.on_prompts(prompts, PromptContext(state, None, r.rollout.samples_per_prompt))
-            plan = self._plan(prompts)
-            batch, cond, sample_lp = self._rollout(prompts, plan)
-        # -- reward: decode -> images -> scores [N,K] -> rewards [N]; spatial extras (boxes) ride in batch.extras
-        with self._phase(timers, "time/reward"):
-            with torch.no_grad():
-                images = self._decode(batch.response_ids)
-            result = self.rewards(reward_input(batch, self.step, images))
-            batch.extras.update(_reward_extras(result.extras, len(batch)))
-            raw = result.rewards
-            rewards = self.mods.shape_rewards(raw.clone(), RewardContext(batch, raw, result.scores, state))
+    @property
+    def response_budget(self) -> int:
+        return self.layout.numel()  # a VAR row has T tokens whatever rollout.max_new_tokens says
 
-        mask = batch.response_mask
-        need = self.mods.requires
-        old_logprobs = entropy = ref_logprobs = None
-        if "entropy" in need or "old_logprobs" in need or a.kl_coef > 0 or a.updates_per_step > 1:
-            with self._phase(timers, "time/old_logprobs"):
-                old_logprobs, entropy, ref_logprobs = self._score(batch.response_ids, cond)
+    def reward_input(self, batch: RolloutBatch, step: int) -> RewardInput:
+        return reward_input(batch, step, self.decode(batch.response_ids))
 
-        # -- advantage: group statistics of the rewards -> [N,T] (0 outside the stage's scales), then modifiers
-        #    (VMR replaces a prefix step's advantages by the prefixes' soft values); token weights/masks once for the
-        #    whole batch so token-mean does not depend on the micro-batch split
-        with self._phase(timers, "time/advantage"):
-            advantages, _ = algo.estimate(a.advantage, rewards, batch.group_id, mask, scale=a.scale_rewards,
-                                          eps=a.std_eps, gamma=a.gamma, lam=a.lam)
-            ctx = AdvantageContext(batch, rewards, raw, mask, batch.group_id, state, old_logprobs, entropy,
-                                   dict(batch.extras))
-            advantages = self.mods.shape_advantages(advantages, ctx)
-            base = old_logprobs if old_logprobs is not None else batch.rollout_logprobs
-            tw = self.mods.token_weights(LossContext(torch.arange(len(batch)), base, base, advantages, mask, state,
-                                                     entropy, dict(batch.extras), total_rows=len(batch),
-                                                     rollout_logprobs=batch.rollout_logprobs))
-            loss_mask = mask & tw.mask if tw.mask is not None else mask
+    def on_rewards(self, batch: RolloutBatch, result: RewardResult) -> None:
+        batch.extras.update(_reward_extras(result.extras, len(batch)))  # spatial extras (boxes) for modifiers
 
-        # -- update: teacher-forcing log-probs, clipped surrogate × token weights, aggregate, optimizer step
-        with self._phase(timers, "time/update"):
-            stats = self._update(batch, cond, advantages, loss_mask, tw.weight, old_logprobs, ref_logprobs, state)
+    def update_rows(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """[class label | T tokens] rows (all attended)."""
+        N, T = batch.response_ids.shape
+        return torch.cat([batch.prompt_ids[:, :1], batch.response_ids], 1), torch.ones(N, T + 1, dtype=torch.long)
 
-        metrics = self._step_metrics(batch, result, raw, rewards, advantages, loss_mask, tw.weight, sample_lp, plan)
-        metrics |= stats | timers
-        metrics["time/step"] = time.perf_counter() - t_step
-        metrics |= self.mods.on_step_end(metrics, state)
-        self._last_samples = best_worst_samples(raw, lambda i: {"prompt": batch.prompts[i]})
-        return metrics
+    def forward(self, model, input_ids, attention_mask, response_len, temperature=1.0, entropy=False,
+                entropy_grad=False):
+        return var_forward(model, input_ids, attention_mask, response_len, temperature, entropy, entropy_grad)
 
-    # --------------------------------------------------------------------------------------- rollout
-    def _plan(self, prompts: PromptBatch) -> RolloutPlan:
-        """The step's sampling plan a modifier (VMR) attached to the prompts; `full` without one."""
-        if prompts.plan is None:
-            return RolloutPlan()
-        if not isinstance(prompts.plan, RolloutPlan):
-            raise ValueError(f"the VAR trainer samples by a rltune.visual.var_plan.RolloutPlan, got {prompts.plan!r}")
-        return prompts.plan.check(len(self.scales))
-
-    def _rollout(self, prompts: PromptBatch, plan: RolloutPlan) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor]:
-        """N rows of the plan -> (batch, cond [N], sampled-distribution log-probs [N,T])."""
-        r, vc = self.recipe, self.recipe.model.var
-        labels = torch.tensor([int(x) for x in prompts.meta[vc.label_column]], dtype=torch.long)
-        if labels.min() < 0 or labels.max() >= self.model.num_classes:
-            raise ValueError(f"class labels must be in [0, {self.model.num_classes}); got {labels.tolist()}")
-        B, G = len(prompts), r.rollout.samples_per_prompt
-        kw = dict(temperature=r.rollout.temperature, top_k=r.rollout.top_k, top_p=r.rollout.top_p, cfg=vc.cfg,
-                  cfg_schedule=vc.cfg_schedule)
-        T, m = self.layout.numel(), plan.split
-        if plan.stage == "full":
-            per, cond = G, labels.repeat_interleave(G)
-            s = self._sample(cond, **kw)
-            prefix_id, active = torch.arange(B * G), torch.ones(T, dtype=torch.bool)
-        elif plan.stage == "prefix":  # G prefixes per prompt, each completed k times (for V_m, docs/var.md)
-            per, pre_cond = G * plan.k, labels.repeat_interleave(G)
-            pre = self._sample(pre_cond, stop_scale=m, **kw)
-            cond = pre_cond.repeat_interleave(plan.k)
-            s = self._sample(cond, prefix=pre.tokens.repeat_interleave(plan.k, 0), start_scale=m, **kw)
-            prefix_id, active = torch.arange(B * G).repeat_interleave(plan.k), self.layout < m
-        else:  # suffix: one prefix per prompt, G completions from the shared s_m (group key = the prefix)
-            per, cond = G, labels.repeat_interleave(G)
-            pre = self._sample(labels, stop_scale=m, **kw)
-            s = self._sample(cond, prefix=pre.tokens.repeat_interleave(G, 0), start_scale=m, **kw)
-            prefix_id, active = torch.arange(B).repeat_interleave(G), self.layout >= m
-        N = cond.shape[0]
-        H, W = self.image_hw
-        extras = {"scale_idx": self.layout.expand(N, T).clone(), "prefix_id": prefix_id,
-                  "scale_hw": torch.tensor(self.scales).expand(N, -1, -1).clone(),
-                  "image_hw": torch.tensor([H, W]).expand(N, 2).clone()}
-        rep = lambda xs: [x for x in xs for _ in range(per)]  # noqa: E731
-        batch = RolloutBatch(
-            prompt_ids=cond[:, None], prompt_mask=torch.ones(N, 1, dtype=torch.bool), response_ids=s.tokens,
-            response_mask=active.expand(N, T).clone(), response_len=torch.full((N,), T), rollout_logprobs=s.logprobs,
-            group_id=torch.arange(B).repeat_interleave(per), truncated=torch.zeros(N, dtype=torch.bool),
-            prompts=rep(prompts.prompts), completions=[f"<image {H}x{W}>"] * N,
-            meta={k: rep(v) for k, v in prompts.meta.items()}, weight_version=self.step, extras=extras)
-        return batch, cond, s.sample_logprobs
-
-    def _sample(self, cond: torch.Tensor, prefix: torch.Tensor | None = None, **kw) -> VarSample:
+    def sample(self, cond: torch.Tensor, prefix: torch.Tensor | None = None, **kw) -> VarSample:
         s = sample_var(self.model, cond.to(self.device), prefix=None if prefix is None else prefix.to(self.device),
                        **kw)
         return VarSample(s.tokens.cpu(), s.logprobs.cpu(), s.sample_logprobs.cpu())
 
     @torch.no_grad()
-    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.decode(tokens.to(self.device)).float().cpu()
-
-    def _logits(self, model, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Teacher-forcing logits [n,T,V] on the device (fp32)."""
-        return model(tokens.to(self.device), cond.to(self.device)).float()
-
-    @torch.no_grad()
-    def _score(self, tokens: torch.Tensor, cond: torch.Tensor):
-        """Old-policy log-probs and entropy, and the reference's log-probs, [N,T] each (no grad)."""
-        olds, ents, refs = [], [], []
-        for rows in torch.arange(tokens.shape[0]).split(self.recipe.train.micro_batch_size):
-            tok = tokens[rows].to(self.device)
-            logits = self._logits(self.model, tok, cond[rows])
-            olds.append(token_logprobs(logits, tok).cpu())
-            ents.append(entropy_from_logits(logits).cpu())
-            if self.ref_model is not None:
-                refs.append(token_logprobs(self._logits(self.ref_model, tok, cond[rows]), tok).cpu())
-        return torch.cat(olds), torch.cat(ents), (torch.cat(refs) if refs else None)
-
-    # ---------------------------------------------------------------------------------------- update
-    def _update(self, batch, cond, advantages, loss_mask, weight, old_logprobs, ref_logprobs, state) -> dict:
-        """The shared update (rltune/train/update.py: run_update) over rows [cond | tokens] (see VarEngine):
-        mini-batches, micro-batch accumulation, loss, skip rule and metrics exactly as for text policies."""
-        r, a = self.recipe, self.recipe.algo
-        T = batch.response_ids.shape[1]
-        x = UpdateInputs(torch.cat([cond[:, None], batch.response_ids], 1), torch.ones(len(batch), T + 1,
-                         dtype=torch.long), advantages, loss_mask, batch.rollout_logprobs, weight, old_logprobs,
-                         None, ref_logprobs, dict(batch.extras))
-        # A VAR row has T tokens whatever rollout.max_new_tokens says: that is the seq-mean-token-sum-norm constant.
-        spec = dataclasses.replace(UpdateSpec.from_recipe(r, a.kl_coef),
-                                   loss_scale_constant=a.loss_scale_constant or T)
-        return self.engine.update(x, minibatches(len(batch), a.ppo_epochs, a.mini_batches), spec, state, self.mods)
 
     # ------------------------------------------------------------------------------------ eval / metrics
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Mean first reward on the held-out prompts, G samples each, with a fixed sampling seed (the run's RNG
-        state is saved and restored, so evaluating does not change training draws)."""
-        r, vc = self.recipe, self.recipe.model.var
+    def evaluate(self, rows, rewards, sampling, step: int) -> dict[str, float]:
+        """Mean first reward on the held-out prompts, G samples each at the rollout's sampling settings, with a
+        fixed sampling seed (the run's RNG state is saved and restored, so evaluating does not change training
+        draws). `sampling` (the text family's greedy settings) is not used: a VAR pyramid is sampled."""
+        r, vc = self.r, self.r.model.var
         t0 = time.perf_counter()
-        rows, G = self.eval_rows, r.rollout.samples_per_prompt
+        G = r.rollout.samples_per_prompt
         labels = torch.tensor([int(x) for x in rows[vc.label_column]]).repeat_interleave(G)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(r.run.seed + 99_991)
-            s = self._sample(labels, temperature=r.rollout.temperature, top_k=r.rollout.top_k,
-                             top_p=r.rollout.top_p, cfg=vc.cfg, cfg_schedule=vc.cfg_schedule)
-        n = labels.shape[0]
+            s = self.sample(labels, temperature=r.rollout.temperature, top_k=r.rollout.top_k,
+                            top_p=r.rollout.top_p, cfg=vc.cfg, cfg_schedule=vc.cfg_schedule)
         meta = {k: [x for x in v for _ in range(G)] for k, v in rows.items()}
-        inp = image_reward_input(meta[r.data.prompt_column], meta, self._decode(s.tokens), self.step,
+        inp = image_reward_input(meta[r.data.prompt_column], meta, self.decode(s.tokens), step,
                                  completion_ids=s.tokens.tolist())
-        return eval_metrics(self.rewards(inp).scores, r.rewards, t0)
+        return eval_metrics(rewards(inp).scores, r.rewards, t0)
 
-    def _step_metrics(self, batch, result, raw, rewards, advantages, loss_mask, weight, sample_lp, plan) -> dict:
-        m = loss_mask
-        w = (weight if weight is not None else torch.ones_like(advantages)) * m
+    def step_metrics(self, batch, result, raw, rewards, s: StepTensors) -> dict[str, Any]:
+        m, advantages = s.loss_mask, s.advantages
+        w = (s.weight if s.weight is not None else torch.ones_like(advantages)) * m
         per_scale = torch.zeros(len(self.scales)).index_add_(0, self.layout, w.sum(0).float())
+        plan, sample_lp = self.rollout.last_plan, self.rollout.last_sample_logprobs
         out = {
             "reward/mean": float(torch.nanmean(raw)),
             "reward/shaped_mean": float(torch.nanmean(rewards)),
@@ -279,16 +147,15 @@ class VarTrainer(RunLoop):
         out |= {f"algo/scale_weight/{t}": float(v) / total for t, v in enumerate(per_scale)}
         return out
 
-    # --------------------------------------------------------------------------------- state and files
-    def _load_eval_rows(self) -> dict[str, list] | None:
-        ds = load_eval_rows(self.recipe.data, self.base_dir)
-        return None if ds is None else ds.to_dict()
+    def describe(self, batch: RolloutBatch, i: int) -> dict[str, Any]:
+        return {"prompt": batch.prompts[i]}
 
+    # --------------------------------------------------------------------------------- files
     def _weights(self) -> dict[str, torch.Tensor]:
         # A frozen decoder (the official VQVAE) is not saved with every checkpoint: it never changes.
         return {k: v for k, v in self.model.state_dict().items() if not k.startswith("vae.")}
 
-    def _save_model(self, out: Path) -> None:
+    def save_model(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save_file
 
@@ -308,35 +175,95 @@ class VarTrainer(RunLoop):
         if bad:
             raise RecipeError(f"checkpoint {folder} does not match model.var: {bad[:5]}")
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "engine": self.engine.state_dict(), "loader": self.loader.state_dict(),
-                "modifiers": self.mods.state_dict(), "best": self.best, "rng": rng_state()}
-
-    def _load_state(self, sd: dict[str, Any]) -> None:
-        self.step = sd["step"]
-        self.engine.load_state_dict(sd["engine"])
-        self.loader.load_state_dict(sd["loader"])
-        self.mods.load_state_dict(sd["modifiers"])
-        self.best = sd.get("best")
-        set_rng_state(sd["rng"])
-
     def export(self, out: Path) -> None:
-        self._save_model(out)
-        (out / "recipe.yaml").write_text(dump_recipe(self.recipe))
+        self.save_model(out)
+        (out / "recipe.yaml").write_text(dump_recipe(self.r))
 
 
-class VarEngine(TorchEngine):
-    """The shared TorchEngine with the VAR teacher-forcing forward: a row of `input_ids` is [class label | T
-    scale-tokens]. Log-probs are the plain policy's (no temperature, no CFG: docs/var.md), in fp32."""
+class VarTrainer(Trainer):
+    """The one Trainer step (rltune/trainer.py) with the VAR family."""
 
-    def forward(self, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
-        device = self.params[0].device
-        cond, tokens = input_ids[:, 0].to(device), input_ids[:, 1:].to(device)
-        logits = self.model(tokens, cond).float()
-        ent = None
-        if entropy:
-            ent = entropy_from_logits(logits) if entropy_grad else entropy_from_logits(logits.detach())
-        return token_logprobs(logits, tokens), ent
+    family_cls = VarFamily
+    NONFINITE = "gradient"
+    DIVERGED_ADVICE = "Lower train.lr, set train.max_grad_norm, or check rewards/modifiers"
+
+
+class VarSampler:
+    """The VAR family's rollout engine (rltune.rollout.base.RolloutEngine): N token pyramids of a step's prompts
+    by the plan a modifier attached (VMR), sampled from the policy this process trains (sync only counts
+    versions) with the step's torch seed (sampling.seed is not used). Keeps the last step's plan and
+    sampled-distribution log-probs for the step's metrics."""
+
+    def __init__(self, family: VarFamily):
+        self.f = family
+        self.weight_version = 0
+        self.last_plan, self.last_sample_logprobs = RolloutPlan(), None
+
+    def sync(self, model: Any, version: int, weights_ref: Any = None) -> None:
+        self.weight_version = version
+
+    def shutdown(self) -> None:
+        return None
+
+    def plan(self, prompts: PromptBatch) -> RolloutPlan:
+        """The step's sampling plan a modifier (VMR) attached to the prompts; `full` without one."""
+        if prompts.plan is None:
+            return RolloutPlan()
+        if not isinstance(prompts.plan, RolloutPlan):
+            raise ValueError(f"the VAR trainer samples by a rltune.visual.var_plan.RolloutPlan, got {prompts.plan!r}")
+        return prompts.plan.check(len(self.f.scales))
+
+    def generate(self, prompts: PromptBatch, sampling: SamplingParams) -> RolloutBatch:
+        """N rows of the plan (sampling.n = G per prompt; the loss mask = the stage's scales)."""
+        f, vc = self.f, self.f.r.model.var
+        plan = self.plan(prompts)
+        labels = torch.tensor([int(x) for x in prompts.meta[vc.label_column]], dtype=torch.long)
+        if labels.min() < 0 or labels.max() >= f.model.num_classes:
+            raise ValueError(f"class labels must be in [0, {f.model.num_classes}); got {labels.tolist()}")
+        B, G = len(prompts), sampling.n
+        kw = dict(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, cfg=vc.cfg,
+                  cfg_schedule=vc.cfg_schedule)
+        T, m = f.layout.numel(), plan.split
+        if plan.stage == "full":
+            per, cond = G, labels.repeat_interleave(G)
+            s = f.sample(cond, **kw)
+            prefix_id, active = torch.arange(B * G), torch.ones(T, dtype=torch.bool)
+        elif plan.stage == "prefix":  # G prefixes per prompt, each completed k times (for V_m, docs/var.md)
+            per, pre_cond = G * plan.k, labels.repeat_interleave(G)
+            pre = f.sample(pre_cond, stop_scale=m, **kw)
+            cond = pre_cond.repeat_interleave(plan.k)
+            s = f.sample(cond, prefix=pre.tokens.repeat_interleave(plan.k, 0), start_scale=m, **kw)
+            prefix_id, active = torch.arange(B * G).repeat_interleave(plan.k), f.layout < m
+        else:  # suffix: one prefix per prompt, G completions from the shared s_m (group key = the prefix)
+            per, cond = G, labels.repeat_interleave(G)
+            pre = f.sample(labels, stop_scale=m, **kw)
+            s = f.sample(cond, prefix=pre.tokens.repeat_interleave(G, 0), start_scale=m, **kw)
+            prefix_id, active = torch.arange(B).repeat_interleave(G), f.layout >= m
+        N = cond.shape[0]
+        H, W = f.image_hw
+        extras = {"scale_idx": f.layout.expand(N, T).clone(), "prefix_id": prefix_id,
+                  "scale_hw": torch.tensor(f.scales).expand(N, -1, -1).clone(),
+                  "image_hw": torch.tensor([H, W]).expand(N, 2).clone()}
+        rep = lambda xs: [x for x in xs for _ in range(per)]  # noqa: E731
+        self.last_plan, self.last_sample_logprobs = plan, s.sample_logprobs
+        return RolloutBatch(
+            prompt_ids=cond[:, None], prompt_mask=torch.ones(N, 1, dtype=torch.bool), response_ids=s.tokens,
+            response_mask=active.expand(N, T).clone(), response_len=torch.full((N,), T), rollout_logprobs=s.logprobs,
+            group_id=torch.arange(B).repeat_interleave(per), truncated=torch.zeros(N, dtype=torch.bool),
+            prompts=rep(prompts.prompts), completions=[f"<image {H}x{W}>"] * N,
+            meta={k: rep(v) for k, v in prompts.meta.items()}, weight_version=self.weight_version, extras=extras)
+
+
+def var_forward(model, input_ids, attention_mask, response_len, temperature=1.0, entropy=False, entropy_grad=False):
+    """The VAR teacher-forcing forward: a row of `input_ids` is [class label | T scale-tokens] -> log-probs [n,T]
+    (+ entropy) of the plain policy (no temperature, no CFG: docs/var.md), in fp32."""
+    device = next(model.parameters()).device
+    cond, tokens = input_ids[:, 0].to(device), input_ids[:, 1:].to(device)
+    logits = model(tokens, cond).float()
+    ent = None
+    if entropy:
+        ent = entropy_from_logits(logits) if entropy_grad else entropy_from_logits(logits.detach())
+    return token_logprobs(logits, tokens), ent
 
 
 def policy_loss(logits: torch.Tensor, tokens: torch.Tensor, old_logprobs: torch.Tensor | None,

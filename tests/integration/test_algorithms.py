@@ -103,20 +103,20 @@ def test_epochs_and_mini_batches(tiny_recipe, monkeypatch):
 def _capture_updates(monkeypatch):
     """Per step: the update's inputs (advantages, loss mask) and the step's batch."""
     seen = []
-    import rltune.trainer as trainer_module
+    from rltune.train.text_family import TextFamily
 
-    update, metrics = TorchEngine.update, trainer_module.step_metrics
+    update, metrics = TorchEngine.update, TextFamily.step_metrics
 
     def spy_update(self, x, *args):
         seen.append({"advantages": x.advantages.clone(), "loss_mask": x.loss_mask.clone()})
         return update(self, x, *args)
 
-    def spy_metrics(batch, *args):
+    def spy_metrics(self, batch, *args):
         seen[-1]["batch"] = batch
-        return metrics(batch, *args)
+        return metrics(self, batch, *args)
 
     monkeypatch.setattr(TorchEngine, "update", spy_update)
-    monkeypatch.setattr(trainer_module, "step_metrics", spy_metrics)
+    monkeypatch.setattr(TextFamily, "step_metrics", spy_metrics)
     return seen
 
 
@@ -168,3 +168,19 @@ def test_ppo_critic_warmup_then_resume_restores_critic_and_kl_state(tiny_recipe)
     assert resumed.kl_ctl.coef == t.kl_ctl.coef != 0.1
     for n, p in resumed.critic.model.named_parameters():
         assert torch.equal(p, dict(t.critic.model.named_parameters())[n]), n
+
+
+def test_ppo_numbers_unchanged_by_the_family_refactor(tiny_recipe):
+    """3 PPO steps (GAE, critic, 2 epochs × 2 mini-batches) on the tiny model, pinned to the numbers of the text
+    trainer before the policy and critic updates shared one optimizer loop and the step became the families'
+    (torch 2.x, CPU, one thread): parameter sums of policy and critic and each step's losses."""
+    t = _trainer(tiny_recipe, merge(ALGOS["ppo"], {"run": {"steps": 3}}))
+    t.fit()
+    total = lambda m: float(sum(p.detach().double().sum() for p in m.parameters()))  # noqa: E731
+    assert total(t.model) == pytest.approx(156.38199588812859, abs=1e-5)
+    assert total(t.critic.model) == pytest.approx(157.56512894667685, abs=1e-5)
+    rows = [m for m in read_metrics(t.run_dir) if "loss/policy" in m]
+    assert [m["loss/policy"] for m in rows] == pytest.approx(
+        [-0.04112211335450411, -0.025883959606289864, -0.024521388113498688], abs=1e-6)
+    assert [m["loss/value"] for m in rows] == pytest.approx(
+        [0.163204837590456, 0.12262868508696556, 0.07994498685002327], abs=1e-6)

@@ -132,3 +132,20 @@ def test_shared_update_counts_optimizer_steps_and_honours_loss_scale_constant(tm
                          ROOT).fit()
     # T = 1 + 4 + 16 + 64 = 85 tokens per row: a constant of 170 halves the first mini-batch's loss
     assert half["loss/policy"] == pytest.approx(last["loss/policy"] / 2, rel=0.2)
+
+
+def test_six_steps_match_the_numbers_of_the_var_trainers_own_step(tmp_path):
+    """VAR runs the one Trainer.train_step (rltune/trainer.py) with the VAR family; before that it had a step of its
+    own. 6 steps with 2 epochs × 2 mini-batches and a KL term, pinned to what the old step gave (torch 2.x, CPU,
+    one thread): the parameter sum and the logged loss/KL of each step."""
+    algo = {"ppo_epochs": 2, "mini_batches": 2, "kl_coef": 0.05}
+    t = build_trainer(_recipe(tmp_path, run={"steps": 6}, algo=algo), ROOT)
+    t.fit()
+    total = float(sum(p.detach().double().sum() for p in t.model.parameters() if p.requires_grad))
+    assert total == pytest.approx(0.27277786954073235, abs=1e-6)
+    rows = [m for m in read_metrics(t.run_dir) if "loss/policy" in m]
+    assert [m["loss/policy"] for m in rows] == pytest.approx(
+        [-0.009179096195079728, -0.009483928096425898, -0.00888139402274657, -0.00741407654303039,
+         -0.0067159749231957555, -0.009084970069884513], abs=1e-6)
+    assert rows[-1]["algo/kl"] == pytest.approx(0.028848598711192608, abs=1e-6)
+    assert rows[-1]["train/optimizer_steps"] == 4.0 and rows[-1]["algo/kl_coef"] == 0.05
