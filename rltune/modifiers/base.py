@@ -154,6 +154,13 @@ class Modifier:
         """Return metrics to log under mod/<name>/."""
         return {}
 
+    @classmethod
+    def check_recipe(cls, recipe: Any, args: dict[str, Any]) -> None:
+        """Refuse a recipe in which this modifier cannot do what it is for: raise ValueError saying why and what
+        to change. Called with the recipe and this modifier's `args` by `rltune validate` and before training
+        (rltune/families.py check_support); builds nothing."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
