@@ -296,7 +296,7 @@ def notes(summ: dict, steps: int) -> list[str]:
               f"{at('adhint', 10)} vs vanilla {at('grpo', 10)}); the AUC shows no difference. Pre-clip grad-norm "
               f"std {gn('adhint')} vs vanilla {gn('grpo')}: the large means and stds come "
               "from single-seed spikes (clipped at `max_grad_norm: 1.0`), not a consistent effect of any "
-              "modifier. Cost: the probe samples 4 more answers per prompt "
+              "modifier. Cost: the 4 naive samples per prompt are generated before the 4 hinted ones (two calls) "
               f"({g('adhint', 's_per_step'):.2f} vs {g('grpo', 's_per_step'):.2f} s/step, but see the load caveat). "
               "On prompts the policy mostly solves there is little for hints to add."]
     if "adhint@hard3" in summ and "grpo@hard3" in summ:
@@ -325,11 +325,11 @@ def notes(summ: dict, steps: int) -> list[str]:
               "prefix of the answer does not teach that. The task is too hard for hints to matter, which is why "
               "hard3 is included."]
     L += ["", "Caveats: s/step is wall time per step with other jobs sharing the 2 cores (load average 2–4), so "
-          "differences under ~0.3 s/step are load, not method: ReDit adds one random draw per response, EMPG and "
-          "ADHint need the old-policy entropy (a full forward over the batch), ADHint also a probe generation. "
+          "differences under ~0.3 s/step are load, not method: ReDit adds one random draw per response, ADHint "
+          "needs the old-policy entropy (a full forward over the batch) and generates in two phases. "
           "3 seeds, eval every 10 steps (steps→target has a 10-step resolution; 2·SE with 3 seeds is a "
           "rough test). The modifiers run with their recipes' arguments (ReDit σ=0.05 constant, "
-          "flat_group_scale=1; EMPG k=k_f=1, ζ=0.05; ADHint placeholders w_max=0.8, n_hint=n_probe=4), several of "
+          "flat_group_scale=1; ADHint placeholders w_max=0.8, n_hint=4, prior from the group), several of "
           "which are INFERRED in the spec, so a null result here tests rltune's reading of the papers on a toy "
           "task, not the papers' claims at their scale."]
     return L

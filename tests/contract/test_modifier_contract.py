@@ -75,7 +75,7 @@ def _state(step: int = 3) -> StepState:
     return StepState(step=step, seed=11, total_steps=10)
 
 
-def _probe(prompts: PromptBatch, n: int) -> torch.Tensor:
+def _probe(prompts: PromptBatch, n: int, keep: bool = False) -> torch.Tensor:
     return torch.tensor([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 1.0]])[: len(prompts), :n]
 
 
