@@ -80,9 +80,10 @@ VAR = SupportManifest(
 
 DIFFUSION = SupportManifest(
     family="diffusion", trainer="rltune.visual.diffusion_trainer:DiffusionTrainer",
-    hooks=frozenset({"on_prompts", "extra_loss", "on_gradients", "on_step_end"}),
+    hooks=frozenset({"on_prompts", "shape_advantages", "extra_loss", "on_gradients", "on_step_end"}),
     capabilities=frozenset({"images"}),
-    keys=_COMMON + ("model.path", "model.lora", "model.dtype", "model.gradient_checkpointing", "model.diffusion"),
+    keys=_COMMON + ("model.path", "model.lora", "model.dtype", "model.gradient_checkpointing", "model.diffusion",
+                    "algo.ppo_epochs", "algo.mini_batches"),
     advice={
         "algo": "diffusion trains through its modifiers' extra_loss (alignprop, direct_align, ddpo): set the "
                 "objective in their args (e.g. ddpo's clip_range) instead",
@@ -148,7 +149,8 @@ def _modifier_problem(cls: type, m: SupportManifest) -> str | None:
 
 def check_support(recipe: Any, modifier_classes: dict[str, type] | None = None,
                   base_dir: str | Path | None = None) -> None:
-    """Fail when the recipe sets a key its family ignores or names a modifier the family cannot run.
+    """Fail when the recipe sets a key its family ignores, names a modifier the family cannot run, or names one
+    whose `check_recipe` refuses the recipe (e.g. EMPG with one step per response).
 
     modifier_classes: {name: class} of the recipe's modifiers (resolved here from their specs when None). A
     requirement that an earlier modifier `provides` counts as provided."""
@@ -175,6 +177,13 @@ def check_support(recipe: Any, modifier_classes: dict[str, type] | None = None,
             raise ModifierError(f"modifier {name!r} does nothing with model.kind: {m.family}: {problem}; remove it "
                                 f"from `modifiers:` ({where})")
         provided |= set(getattr(cls, "provides", ()))
+    for spec in recipe.modifiers:
+        check = getattr(modifier_classes.get(spec.key), "check_recipe", None)
+        try:
+            if check is not None:
+                check(recipe, dict(spec.args))
+        except ValueError as e:
+            raise ModifierError(f"modifier {spec.key!r}: {e}") from None
 
 
 def builtin_modifiers() -> dict[str, type]:

@@ -41,6 +41,7 @@ from rltune.reward import RewardManager
 from rltune.rollout.ahead import RolloutQueue
 from rltune.rollout.base import SamplingParams
 from rltune.rollout.dynamic import sample_groups
+from rltune.rollout.naive_first import NaiveFirstGroups
 from rltune.rollout.pool import load_synced_weights
 from rltune.train import checkpoint as ckpt
 from rltune.train.critic import finish_critic_metrics
@@ -79,7 +80,10 @@ class Trainer(RunLoop):
         self.engine, self.rollout, self.critic = f.engine, f.rollout, f.critic
         # With Ray rollout workers, rollouts of steps t..t+k are in flight while step t trains (k =
         # rollout.max_staleness; 0 = synchronous).
-        self.ahead = RolloutQueue(self.rollout, r.rollout.max_staleness) if c.rollout_workers else None
+        # A probing modifier (ADHint) generates its groups in two phases, on the plain path (max_staleness must
+        # be 0, checked below).
+        self.ahead = (RolloutQueue(self.rollout, r.rollout.max_staleness)
+                      if c.rollout_workers and "probe" not in self.mods.requires else None)
         self.kl_ctl = algo.KLController(r.algo.kl_coef, r.algo.kl_target, r.algo.kl_horizon)
         if r.rollout.max_staleness and "probe" in self.mods.requires:
             raise ValueError("rollout.max_staleness > 0 cannot run modifiers that probe the current policy before "
@@ -155,16 +159,26 @@ class Trainer(RunLoop):
     def _rollout(self, state: StepState, seed: int, timers: dict[str, float]):
         """(batch, reward result, dynamic-sampling metrics) of the step: on_prompts, generate, score."""
         r, ds = self.recipe, self.recipe.algo.dynamic_sampling
-        with self._phase(timers, "time/rollout"):
-            probe = self._probe if "probe" in self.mods.requires else None
-            prompt_ctx = PromptContext(state, probe, r.rollout.samples_per_prompt)
+        # A probing modifier (ADHint) samples hint-free completions first; kept ones are its groups' naive rows
+        # (rltune/rollout/naive_first.py), scored there and counted as rollout time.
+        def naive_score(b):
+            return self.rewards(self.family.reward_input(b, self.step))
+
+        groups = (NaiveFirstGroups(self.rollout.generate, naive_score, self._sampling(), self.tok.pad_token_id)
+                  if "probe" in self.mods.requires else None)
+        prompt_ctx = PromptContext(state, groups.probe if groups else None, r.rollout.samples_per_prompt)
 
         def generate(prompts, k):  # round k of this step (k > 0 only with dynamic sampling)
             with self._phase(timers, "time/rollout"):
                 prompts = self.mods.on_prompts(prompts, prompt_ctx)
-                return self.rollout.generate(prompts, self._sampling(seed=(seed + k * 104_729) % (2**31 - 1)))
+                sampling = self._sampling(seed=(seed + k * 104_729) % (2**31 - 1))
+                return groups.generate(prompts, sampling) if groups else self.rollout.generate(prompts, sampling)
 
         def score(b):  # the family's view of the rows (text, or decoded images); reward extras for modifiers
+            spliced = groups.result_for(b) if groups else None   # naive rows scored by the probe, the rest after
+            if spliced is not None:
+                self.family.on_rewards(b, spliced)
+                return spliced
             with self._phase(timers, "time/reward"):
                 result = self.rewards(self.family.reward_input(b, self.step))
                 self.family.on_rewards(b, result)
@@ -253,14 +267,6 @@ class Trainer(RunLoop):
             stats["algo/kl_coef"] = self.kl_ctl.coef
             self.kl_ctl.update(stats["algo/kl_rollout"], len(batch))
         return stats
-
-    def _probe(self, prompts, n: int) -> torch.Tensor:
-        """Raw rewards [B,n] of n hint-free samples per prompt from the current policy (no training use)."""
-        from rltune.data.batch import PromptBatch
-
-        plain = PromptBatch(prompts=prompts.prompts, meta=prompts.meta)
-        b = self.rollout.generate(plain, dataclasses.replace(self._sampling(), n=n))
-        return self.rewards(self.family.reward_input(b, self.step)).rewards.view(len(prompts), n)
 
     def _score_batch(self, batch: RolloutBatch, entropy: bool):
         """Old-policy log-probs (and entropy) and reference log-probs [N,T] for the whole batch, no grad; on the

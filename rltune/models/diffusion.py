@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["DiffusionPolicy", "Rollout", "Cond", "ddim_step", "euler_step", "flow_sigmas", "cfg_combine",
-           "tiny_denoiser",
+__all__ = ["DiffusionPolicy", "Rollout", "Cond", "ddim_step", "ddim_std", "ddim_logprob", "euler_step", "flow_sigmas",
+           "cfg_combine", "tiny_denoiser",
            "load_diffusion_policy", "synthetic_images", "pretrain_tiny"]
 
 
@@ -57,6 +57,24 @@ def ddim_step(x: Tensor, eps: Tensor, a_t: float | Tensor, a_prev: float | Tenso
             raise ValueError("ddim_step with eta > 0 needs the variance noise")
         out = out + std * noise
     return out
+
+
+def ddim_std(a_t: float | Tensor, a_prev: float | Tensor, eta: float) -> Tensor:
+    """σ of a DDIM step: η√((1−ᾱ_prev)/(1−ᾱ_t))√(1−ᾱ_t/ᾱ_prev). 0 for the last step when ᾱ_prev = 1
+    (set_alpha_to_one): that step is deterministic and has no log-prob."""
+    a_t, a_prev = torch.as_tensor(a_t, dtype=torch.float32), torch.as_tensor(a_prev, dtype=torch.float32)
+    return eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+
+
+def ddim_logprob(x_prev: Tensor, x: Tensor, eps: Tensor, a_t: float | Tensor, a_prev: float | Tensor,
+                 eta: float) -> Tensor:
+    """log N(x_prev; μ, σ²I) of one DDIM step (eq. 12 mean, σ = ddim_std), averaged over the C·H·W elements as
+    DDPO does (arXiv 2305.13301). x_prev, x, eps: [N,C,H,W] -> [N]."""
+    a_t, a_prev = torch.as_tensor(a_t, dtype=x.dtype), torch.as_tensor(a_prev, dtype=x.dtype)
+    mean = ddim_step(x, eps, a_t, a_prev, eta, torch.zeros_like(x))
+    std = ddim_std(a_t, a_prev, eta).to(x.dtype)
+    lp = -((x_prev - mean) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)
+    return lp.flatten(1).mean(1)
 
 
 def flow_sigmas(num_steps: int, shift: float = 1.0) -> Tensor:
@@ -175,6 +193,9 @@ class Rollout:
     cond: Cond | None            # text condition (None: unconditional denoiser)
     uncond: Cond | None          # negative-prompt condition for CFG (None: no CFG)
     eta: float
+    # [T,N] log-prob of each sampled DDIM transition under the sampling policy, computed while sampling: DDPO's
+    # old policy (arXiv 2305.13301). None without a density (eta = 0, flow); 0 on deterministic steps (σ = 0).
+    logprobs: Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -184,7 +205,8 @@ class Rollout:
         pick = lambda t, dim=0: None if t is None else t.index_select(dim, idx.to(t.device))  # noqa: E731
         sel = lambda c: None if c is None else c.select(idx.to(c.emb.device))  # noqa: E731
         return Rollout(pick(self.latents, 1), pick(self.step_noise, 1), pick(self.images),
-                       [self.prompts[i] for i in idx.tolist()], sel(self.cond), sel(self.uncond), self.eta)
+                       [self.prompts[i] for i in idx.tolist()], sel(self.cond), sel(self.uncond), self.eta,
+                       pick(self.logprobs, 1))
 
 
 class DiffusionPolicy(nn.Module):
@@ -335,12 +357,19 @@ class DiffusionPolicy(nn.Module):
         x = noise.to(self.device, torch.float32) if noise is not None else \
             torch.randn((n, *self.latent_shape), generator=generator).to(self.device)
         step_noise = torch.randn((T, n, *self.latent_shape), generator=generator).to(self.device) if eta > 0 else None
-        lat = [x]
+        lat, lps = [x], []
         for i in range(T):
             z = None if step_noise is None else step_noise[i]
-            x = self.step(x, i, self.model_output(x, i, cond, uncond), z, eta)
+            out = self.model_output(x, i, cond, uncond)
+            x_next = self.step(x, i, out, z, eta)
+            if z is not None:  # the transition's density, from this very forward (the behaviour policy's)
+                stochastic = ddim_std(self.alphas[i], self.alphas_prev[i], eta) > 0
+                lps.append(ddim_logprob(x_next, x, out, self.alphas[i], self.alphas_prev[i], eta) if stochastic
+                           else torch.zeros(n, device=x.device))
+            x = x_next
             lat.append(x)
-        return Rollout(torch.stack(lat), step_noise, self.decode(x).detach(), list(prompts), cond, uncond, eta)
+        return Rollout(torch.stack(lat), step_noise, self.decode(x).detach(), list(prompts), cond, uncond, eta,
+                       torch.stack(lps) if lps else None)
 
     def resume(self, ro: Rollout, start: int, grad_steps: list[bool] | Tensor) -> Tensor:
         """Re-run chain steps start..T−1 from the recorded latents[start] with the recorded noise; step i keeps its

@@ -1,8 +1,10 @@
 """ADHint: adaptive hints with difficulty priors (arXiv 2512.13095); docs/modifiers.md, ADHint.
 
 A hint is a prefix of the reference solution forced into the response; the policy writes the rest. Three parts:
-- AH-SDP (``on_prompts``) [S]: probe n_probe hint-free samples per prompt, Diff_N = 1 − mean reward; n_hint of
-  the G samples get the first ⌊w_k·|y*|⌋ characters (or tokens) of y*, with
+- AH-SDP (``on_prompts``) [S]: the group's G − n_hint naive (hint-free) samples are generated and scored first,
+  Diff_N = 1 − their mean reward; they stay in the trained group (``prior="group"``, the paper's two-phase
+  rollout; ``"probe"``: n_probe extra samples, thrown away). The other n_hint samples get the first ⌊w_k·|y*|⌋
+  characters (or tokens) of y*, with
   w_k = clip((w_max − w_min)·Diff_N + w_min + ξ_k, 0, w_cap), ξ_k ~ U(−δ, δ)  [INFERRED: per-sample ξ, w_cap].
 - AE-RDP (``shape_advantages``) [INFERRED estimator]: posterior difficulties from raw rewards,
   Diff_N = 1 − mean(r_naive), Diff_H = 1 − mean(r_hint) per group; a naive success is boosted by
@@ -96,7 +98,9 @@ class ADHint(Modifier):
     """Adaptive hints (hooks ``on_prompts``, ``shape_advantages``, ``token_weights``).
 
     Args:
-        n_hint / n_probe: hinted samples of the G per prompt / probe samples for Diff_N (None → G//2 each).
+        n_hint: hinted samples of the G per prompt (None → G//2); the other G − n_hint are naive.
+        prior: ``"group"`` (default, paper): Diff_N from the group's naive samples, generated first and trained;
+            ``"probe"``: from n_probe separate hint-free samples that are thrown away (None → G//2).
         w_min, w_max, delta, w_cap: hint-ratio knobs (rltune placeholders 0.0, 0.8, 0.05, 0.9; paper values unknown).
         skip_if_diff_le: prompts with Diff_N ≤ this get no hint (0.0: prompts the probe always solves).
         solution_column: dataset column holding y*. reward_range: (min, max) of the raw reward.
@@ -113,19 +117,35 @@ class ADHint(Modifier):
                  w_max: float = 0.8, delta: float = 0.05, w_cap: float = 0.9, skip_if_diff_le: float = 0.0,
                  solution_column: str = "solution", reward_range: Sequence[float] = (0.0, 1.0),
                  tokenizer: str | None = None, base_norm: Literal["union", "separate"] = "union", lam: float = 1.0,
-                 cgm: Literal["ratio", "exp", "none"] = "ratio", lambda_c: float = 1.0, selective_mask: bool = True):
+                 cgm: Literal["ratio", "exp", "none"] = "ratio", lambda_c: float = 1.0, selective_mask: bool = True,
+                 prior: Literal["group", "probe"] = "group"):
         if base_norm not in ("union", "separate") or cgm not in ("ratio", "exp", "none"):
             raise ValueError(f"base_norm must be union|separate and cgm ratio|exp|none, got {base_norm!r}, {cgm!r}")
+        if prior not in ("group", "probe") or (prior == "group" and n_probe is not None):
+            raise ValueError(f"adhint prior must be group|probe (got {prior!r}); n_probe sizes the separate probe of "
+                             "prior: probe only (with prior: group the G − n_hint naive samples are the prior)")
         if not (0.0 <= w_cap < 1.0 and delta >= 0 and float(reward_range[1]) > float(reward_range[0])):
             raise ValueError("need 0 <= w_cap < 1, delta >= 0 and reward_range (min, max) with max > min")
         self.n_hint, self.n_probe, self.w = n_hint, n_probe, (w_min, w_max, w_cap)
         self.delta, self.skip_if_diff_le, self.solution_column = delta, skip_if_diff_le, solution_column
         self.reward_range = (float(reward_range[0]), float(reward_range[1]))
         self.tokenizer, self.base_norm, self.lam = tokenizer, base_norm, lam
-        self.cgm, self.lambda_c, self.selective = cgm, lambda_c, selective_mask
+        self.cgm, self.lambda_c, self.selective, self.prior = cgm, lambda_c, selective_mask, prior
         self._tok = None
         self._metrics: dict[str, float] = {}
         self.totals = {"prompts": 0, "hinted_prompts": 0, "diff_sum": 0.0}   # running difficulty statistics
+
+    @classmethod
+    def check_recipe(cls, recipe, args: dict) -> None:
+        """With prior: group the prior comes from the G − n_hint naive samples: there must be some."""
+        G, n_hint = recipe.rollout.samples_per_prompt, args.get("n_hint")
+        if args.get("prior", "group") == "group":
+            if args.get("n_probe") is not None:
+                raise ValueError("n_probe sizes the separate probe of `prior: probe`; with prior: group (the default) "
+                                 "the prior comes from the G − n_hint naive samples of the group: remove n_probe")
+            if (G // 2 if n_hint is None else n_hint) >= G:
+                raise ValueError(f"prior: group needs naive samples: n_hint leaves none of rollout.samples_per_prompt"
+                                 f"={G}; lower n_hint (or raise samples_per_prompt)")
 
     # ------------------------------------------------------------------------------ AH-SDP (before rollout)
     def _units(self, text: str) -> tuple[int, Callable[[int], str]]:
@@ -150,7 +170,13 @@ class ADHint(Modifier):
         if self.solution_column not in prompts.meta:
             raise KeyError(f"ADHint: no column {self.solution_column!r} in the data (columns: {sorted(prompts.meta)}); "
                            "set solution_column")
-        probe = ctx.probe(prompts, max(1, G // 2 if self.n_probe is None else self.n_probe)).double().cpu()
+        if self.prior == "group":   # the naive samples of the group itself: generated first, kept, trained
+            if n_hint >= G:
+                raise ValueError(f"adhint prior: group needs naive samples: n_hint={n_hint} leaves none of G={G}; "
+                                 "lower n_hint or use prior: probe")
+            probe = ctx.probe(prompts, G - n_hint, keep=True).double().cpu()
+        else:
+            probe = ctx.probe(prompts, max(1, G // 2 if self.n_probe is None else self.n_probe)).double().cpu()
         lo, hi = self.reward_range
         diff = 1.0 - torch.nanmean(((probe - lo) / (hi - lo)).clamp(0.0, 1.0), dim=1)   # [B]; NaN: unscorable
         xi = (torch.rand(B, n_hint, generator=ctx.state.generator(_SALT), dtype=torch.float64) * 2 - 1) * self.delta

@@ -45,9 +45,11 @@ class StepState:
 @dataclass(frozen=True)
 class PromptContext:
     state: StepState
-    # With `requires = {"probe"}`: probe(prompts, n) samples n hint-free completions per prompt with the
-    # current policy and returns their raw rewards [B,n] (ADHint's difficulty prior). None otherwise.
-    probe: Callable[[PromptBatch, int], torch.Tensor] | None = None
+    # With `requires = {"probe"}`: probe(prompts, n, keep=False) samples n hint-free completions per prompt with
+    # the current policy and returns their raw rewards [B,n] (ADHint's difficulty prior). keep=True makes them the
+    # first n samples of each prompt's group (the rollout generates only the rest; `hints[b][:n]` must be "").
+    # None otherwise.
+    probe: Callable[..., torch.Tensor] | None = None
     samples_per_prompt: int = 1    # G: completions the rollout draws per prompt (`hints` must be [B][G])
 
 
@@ -153,6 +155,13 @@ class Modifier:
     def on_step_end(self, metrics: dict[str, float], state: StepState) -> dict[str, float]:
         """Return metrics to log under mod/<name>/."""
         return {}
+
+    @classmethod
+    def check_recipe(cls, recipe: Any, args: dict[str, Any]) -> None:
+        """Refuse a recipe in which this modifier cannot do what it is for: raise ValueError saying why and what
+        to change. Called with the recipe and this modifier's `args` by `rltune validate` and before training
+        (rltune/families.py check_support); builds nothing."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}

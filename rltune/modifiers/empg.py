@@ -11,16 +11,19 @@ broadcast to the step's tokens × response_mask. Confident steps are amplified, 
 
 rltune choices: the advantage is applied per token (A_i is the incoming [N,T] advantage, so a token-varying
 estimator keeps its shape; for GRPO it is the row's scalar) while the centring statistics are per step (a step's
-A is the mean over its tokens). [INFERRED] single-turn segmentations ``whole_response`` (f ≡ 0, g becomes a
-per-response entropy weight) and ``delimiter``; ``final_norm="mean_std"`` also divides by the steps' unbiased
-std. Zero-token steps and rows with an unscorable (NaN) raw reward are left out of every statistic and get
+A is the mean over its tokens). Steps (``segment``): ``auto`` (default) is the paper's step, one agent turn,
+when the rollout is multi-turn (``env:``), one scale for VAR policies, and the ``delimiter`` split when one is
+given; a recipe that leaves one step per response (``whole_response``, a single-turn task without delimiter,
+a one-turn env) is refused by ``rltune validate``: f ≡ 0 and g is one weight per response, so EMPG's per-step
+credit assignment is off. [INFERRED] ``delimiter`` for single-turn reasoning; ``final_norm="mean_std"`` also
+divides by the steps' unbiased std. Zero-token steps and rows with an unscorable (NaN) raw reward are left out of every statistic and get
 A = 0. Statistics are over the local batch (single process); under data parallelism they would need an
 all-reduce.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -132,24 +135,27 @@ class EMPG(Modifier):
     Args:
         k, k_f, zeta: g's and f's sharpness and the future-bonus weight (ARLArena Table S1: 1.0, 1.0, 0.05).
         final_norm: ``"mean"`` (default: subtract the mean over steps), ``"mean_std"`` or ``"none"``.
-        segment: ``"whole_response"`` (default, single-turn), ``"delimiter"`` (steps end with a token
-            sequence: ``delimiter_ids``, or the string ``delimiter`` encoded with ``tokenizer``) or ``"turn"``
-            (``extras["step_idx"]`` [N,T] long from a multi-turn rollout).
+        segment: ``"auto"`` (default: ``turn`` for a multi-turn rollout, ``scale`` for VAR, else ``delimiter``
+            when one is given), ``"turn"`` (``extras["step_idx"]`` [N,T] long from a multi-turn rollout),
+            ``"scale"`` (``extras["scale_idx"]``, VAR), ``"delimiter"`` (steps end with a token sequence:
+            ``delimiter_ids``, or the string ``delimiter`` encoded with ``tokenizer``) or ``"whole_response"``
+            (one step per response; refused by ``rltune validate``, kept for the math's tests).
         eps_norm: added to max H − min H.
     Metrics: step_entropy_mean, steps_per_response, g_min, g_max, bonus_mean, shift.
     """
 
     requires = frozenset({"entropy"})
+    SEGMENTS = ("auto", "turn", "scale", "delimiter", "whole_response")
 
     def __init__(self, k: float = 1.0, k_f: float = 1.0, zeta: float = 0.05,
                  final_norm: Literal["mean", "mean_std", "none"] = "mean",
-                 segment: Literal["whole_response", "delimiter", "turn"] = "whole_response",
+                 segment: Literal["auto", "turn", "scale", "delimiter", "whole_response"] = "auto",
                  delimiter_ids: list[int] | None = None, delimiter: str | None = None, tokenizer: str = "char",
                  eps_norm: float = 1e-8):
         if final_norm not in ("mean", "mean_std", "none"):
             raise ValueError(f"final_norm must be mean, mean_std or none, got {final_norm!r}")
-        if segment not in ("whole_response", "delimiter", "turn"):
-            raise ValueError(f"segment must be whole_response, delimiter or turn, got {segment!r}")
+        if segment not in self.SEGMENTS:
+            raise ValueError(f"segment must be one of {', '.join(self.SEGMENTS)}, got {segment!r}")
         if segment == "delimiter" and not delimiter_ids and not delimiter:
             raise ValueError("segment='delimiter' needs delimiter_ids (token ids) or delimiter (a string)")
         self.k, self.k_f, self.zeta, self.final_norm, self.eps_norm = k, k_f, zeta, final_norm, eps_norm
@@ -157,14 +163,48 @@ class EMPG(Modifier):
         self.delimiter_ids = list(delimiter_ids) if delimiter_ids else None
         self._metrics: dict[str, float] = {}
 
+    @classmethod
+    def check_recipe(cls, recipe: Any, args: dict[str, Any]) -> None:
+        """Refuse a recipe in which every response is one step (EMPG would reduce to a per-response weight)."""
+        segment, delim = args.get("segment", "auto"), bool(args.get("delimiter") or args.get("delimiter_ids"))
+        kind, env = recipe.model.kind, recipe.env
+        turns = env.max_turns if env is not None else 1
+        scales = (len(recipe.model.var.tiny.scales if recipe.model.var.tiny is not None else recipe.model.var.scales)
+                  if kind == "var" else 1)
+        asked = segment
+        if segment == "auto":
+            segment = "scale" if kind == "var" else "turn" if env is not None else "delimiter" if delim else None
+        why = {None: "segment: auto on a single-turn task with no `delimiter`",
+               "whole_response": "segment: whole_response",
+               "turn": "segment: turn needs a multi-turn rollout (an `env:` with max_turns ≥ 2); this recipe has "
+                       + (f"env.max_turns = {turns}" if env is not None else "no env"),
+               "scale": f"segment: scale is for VAR policies with several scales ({kind}, {scales} scale(s))"}
+        if segment in why and not (segment == "turn" and turns > 1) and not (segment == "scale" and scales > 1):
+            via = f"segment: auto -> {segment}; " if asked == "auto" and segment is not None else ""
+            raise ValueError(
+                f"EMPG would give every response a single step here ({via}{why[segment]}): the future-clarity bonus is "
+                "then 0 and g one weight per response, so the paper's per-step credit assignment (steps = agent "
+                "turns, arXiv 2509.09265) is off. Fix: run a multi-turn env (`env:` with max_turns ≥ 2; EMPG then "
+                "works per turn), or split responses into steps with `args: {segment: delimiter, delimiter: "
+                "\"\\n\"}` when they have several lines, or remove empg (docs/modifiers.md, EMPG)")
+
     def step_ids(self, ctx: AdvantageContext) -> Tensor:
-        if self.segment == "whole_response":
+        seg = self.segment
+        if seg == "auto":
+            seg = ("turn" if "step_idx" in ctx.extras else "scale" if "scale_idx" in ctx.extras else
+                   "delimiter" if self.delimiter_ids or self.delimiter else None)
+            if seg is None:
+                raise ValueError("EMPG segment='auto' found no steps: no multi-turn rollout (extras['step_idx']), no "
+                                 "VAR scales and no delimiter; every response would be one step (docs/modifiers.md)")
+        if seg == "whole_response":
             return segment_whole(ctx.response_mask)
-        if self.segment == "turn":
-            if "step_idx" not in ctx.extras:
-                raise ValueError("segment='turn' needs extras['step_idx'] [N,T] long from a multi-turn rollout; "
-                                 "use segment='whole_response' or 'delimiter' for single-turn responses")
-            return torch.where(ctx.response_mask.bool(), ctx.extras["step_idx"].long(), -1)
+        if seg in ("turn", "scale"):
+            key = "step_idx" if seg == "turn" else "scale_idx"
+            if key not in ctx.extras:
+                raise ValueError(f"segment={seg!r} needs extras[{key!r}] [N,T] long from a "
+                                 f"{'multi-turn' if seg == 'turn' else 'VAR'} rollout; use segment='delimiter' for "
+                                 "single-turn responses")
+            return torch.where(ctx.response_mask.bool(), ctx.extras[key].long(), -1)
         if self.delimiter_ids is None:  # encoded lazily: `rltune validate` builds nothing heavy
             self.delimiter_ids = _encode(self.delimiter, self.tokenizer)
         return segment_delimiter(ctx.batch.response_ids, ctx.response_mask, self.delimiter_ids)

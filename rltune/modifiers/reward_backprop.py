@@ -6,7 +6,7 @@ in `DiffusionLossContext` (any other context is a TypeError; `rltune validate` r
   * AlignProp (Prabhudesai et al., arXiv 2310.03739): re-run the last K denoising steps from the recorded
     latent with gradient (checkpointed), decode, loss = −R (or |R − target|, 1 − R), into the LoRA weights.
     Randomised truncation, three published semantics (docs/diffusion.md, AlignProp): `gaussian` (official default: the
-    truncation index b ~ N(0.84·T, 0.1·T) once per rollout, i.e. 42±5 of 50), `uniform` (paper: K uniform),
+    truncation index b = int(N(0.84·T, 0.1·T)) once per rollout, i.e. 42±5 of 50), `uniform` (paper: K uniform),
     `fixed` (b = T−1: K = 1), `full` (K = T), and `per_step` (TRL: a fresh threshold at every step, so the
     kept steps need not be contiguous).
   * Direct-Align (Shen et al., arXiv 2509.06942): re-noise the rollout's clean x_0 with its known initial noise
@@ -41,9 +41,10 @@ CG_WORDS = ("Concept art", "Painting", "Anime", "Flat", "Oil")
 def truncation_index(strategy: str, T: int, g: torch.Generator, mean: float | None = None,
                      std: float | None = None, fixed: int | None = None) -> int:
     """The truncation index b of one rollout (official semantics): UNet outputs of steps i < b are detached,
-    so K = T − b steps carry gradient. gaussian: b = round(N(mean, std)) redrawn until 1 ≤ b < T (defaults
-    0.84·T, 0.1·T = 42, 5 for T = 50); uniform: b ~ U{0..T−1} redrawn until b ≥ 1; fixed: b = `fixed`
-    (default T−1, K = 1); full: b = 0 (K = T). [UNCONFIRMED] rounding to nearest for the Gaussian draw."""
+    so K = T − b steps carry gradient. gaussian: b = int(x), x ~ N(mean, std), i.e. truncated toward zero as the
+    official sd_pipeline.py does, redrawn until 1 ≤ b < T (defaults 0.84·T, 0.1·T = 42, 5 for T = 50; so
+    P(b = k) ∝ Φ((k+1−μ)/σ) − Φ((k−μ)/σ) and E[b] ≈ 40.9, E[K] ≈ 9.1); uniform: b ~ U{0..T−1} redrawn until
+    b ≥ 1; fixed: b = `fixed` (default T−1, K = 1); full: b = 0 (K = T)."""
     if strategy == "full":
         return 0
     if strategy == "fixed":
@@ -56,7 +57,7 @@ def truncation_index(strategy: str, T: int, g: torch.Generator, mean: float | No
     for _ in range(10_000):
         if strategy == "gaussian":
             mu, sd = 0.84 * T if mean is None else mean, 0.1 * T if std is None else std
-            b = round(mu + sd * float(torch.randn((), generator=g)))
+            b = int(mu + sd * float(torch.randn((), generator=g)))   # int(): toward zero, as the official code
         elif strategy == "uniform":
             b = int(torch.randint(0, T, (), generator=g))
         else:

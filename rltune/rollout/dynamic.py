@@ -19,7 +19,7 @@ from rltune.algo import dynamic_sampling_keep
 from rltune.data.batch import PromptBatch, RolloutBatch
 from rltune.reward import RewardResult
 
-__all__ = ["DynamicSamplingError", "sample_groups", "select_groups", "concat_batches"]
+__all__ = ["DynamicSamplingError", "sample_groups", "select_groups", "take_rows", "concat_batches"]
 
 
 class DynamicSamplingError(RuntimeError):
@@ -79,7 +79,11 @@ def sample_groups(
 def select_groups(batch: RolloutBatch, group_ids: list[int]) -> RolloutBatch:
     """The rows of `batch` whose group id is in `group_ids`, in batch order (tensor widths unchanged)."""
     keep = torch.isin(batch.group_id, torch.tensor(group_ids, dtype=batch.group_id.dtype))
-    idx = keep.nonzero().squeeze(-1)
+    return take_rows(batch, keep.nonzero().squeeze(-1))
+
+
+def take_rows(batch: RolloutBatch, idx: torch.Tensor) -> RolloutBatch:
+    """Rows `idx` [n] long of `batch`, in that order (tensor widths unchanged)."""
     pick = idx.tolist()
     return RolloutBatch(
         prompt_ids=batch.prompt_ids[idx], prompt_mask=batch.prompt_mask[idx], response_ids=batch.response_ids[idx],

@@ -1,5 +1,5 @@
-"""The typed context that reward-backprop modifiers (AlignProp, Direct-Align) receive in `extra_loss` from the
-diffusion trainer. It carries a handle to the policy (to re-run denoising steps *with* gradient) and the
+"""The typed contexts that diffusion modifiers (AlignProp, Direct-Align, DDPO) receive in `extra_loss` and
+`shape_advantages` from the diffusion trainer. It carries a handle to the policy (to re-run denoising steps *with* gradient) and the
 differentiable reward, never the trainer (a hook sees what it needs, nothing to mutate)."""
 
 from __future__ import annotations
@@ -27,3 +27,14 @@ class DiffusionLossContext:
     state: StepState
     total_rows: int                                # N: a term sums its per-row losses and divides by N
     advantages: Tensor | None = None               # [n,T] per denoising step (algo.advantage), for ddpo
+    epoch: int = 0                                 # inner epoch (algo.ppo_epochs) of this update
+
+
+@dataclass(frozen=True)
+class DiffusionAdvantageContext:
+    """What `shape_advantages` sees in the diffusion step (DDPO's per-prompt statistics): the whole batch."""
+
+    prompts: list[str]                             # [N] prompt of each image
+    raw_rewards: Tensor                            # [N] (NaN = unscorable)
+    group_id: Tensor                               # [N] the G images of one prompt share an id
+    state: StepState

@@ -32,9 +32,10 @@ from rltune.reward import RewardManager
 from rltune.reward.image import TextImageScorer, is_differentiable, weighted_image_reward
 from rltune.train import checkpoint as ckpt
 from rltune.train.loop import RunDirError, RunLoop, rng_state, set_rng_state
-from rltune.train.shared import best_worst_samples, eval_metrics, image_reward_input, load_eval_rows, step_seed
+from rltune.train.shared import (best_worst_samples, eval_metrics, image_reward_input, load_eval_rows, minibatches,
+                                 step_seed)
 from rltune.train.torch_engine import TorchEngine
-from rltune.visual.diffusion_context import DiffusionLossContext
+from rltune.visual.diffusion_context import DiffusionAdvantageContext, DiffusionLossContext
 from rltune.watchdog import Watchdog
 
 EVAL_NOISE_SALT = 4_242
@@ -57,7 +58,7 @@ class DiffusionTrainer(RunLoop):
         # The shared engine (rltune/train/torch_engine.py): AdamW, the one LR schedule, clipping, skip rule. It
         # holds the denoiser, whose trainable weights are the policy's; its train/eval mode is left as loaded.
         mode = self.model.denoiser.training
-        self.engine = TorchEngine(self.model.denoiser, r.train, r.run.steps)
+        self.engine = TorchEngine(self.model.denoiser, r.train, r.run.steps * r.algo.updates_per_step)
         self.model.denoiser.train(mode)
 
         # Rewards: all of them score the rollout (logs, eval); the differentiable ones form the backprop objective.
@@ -123,40 +124,21 @@ class DiffusionTrainer(RunLoop):
             res = self.rewards(image_reward_input(texts, meta, ro.images, self.step))
             raw = res.rewards
 
-        # -- advantage: rewards [N] -> [N,T] per denoising step (group_norm: over the G images of a prompt, DDPO's
-        #    per-prompt normalisation); read by policy-gradient modifiers (ddpo), ignored by reward backprop
+        # -- advantage: rewards [N] -> [N,T] per denoising step (group_norm: over the G images of a prompt), then
+        #    modifiers (ddpo: DDPO's per-prompt statistics); read by ddpo, ignored by reward backprop
         N, a = len(texts), r.algo
         with self._phase(timers, "time/advantage"):
             group_id = torch.arange(len(prompts)).repeat_interleave(G)
             mask = torch.ones(N, self.model.num_steps, dtype=torch.bool)
             advantages, _ = algo.estimate(a.advantage, raw, group_id, mask, gamma=a.gamma, lam=a.lam,
                                           scale=a.scale_rewards, eps=a.std_eps)
+            advantages = self.mods.shape_advantages(advantages, DiffusionAdvantageContext(texts, raw, group_id, state))
 
-        # -- update: the modifiers' loss terms per micro-batch (gradients accumulate), then one optimizer step
+        # -- update: one optimizer step per mini-batch (algo.ppo_epochs passes × algo.mini_batches), the modifiers'
+        #    loss terms per micro-batch accumulating; ddpo's old policy is the rollout's, so its ratio moves after
+        #    the first step
         with self._phase(timers, "time/update"):
-            self.engine.optimizer.zero_grad(set_to_none=True)
-            acc: dict[str, float] = defaultdict(float)
-            for rows in torch.arange(N).split(r.train.micro_batch_size):
-                ctx = DiffusionLossContext(rows, ro.rows(rows.to(ro.latents.device)), self.model, self._reward_fn,
-                                           self.scorers, raw[rows], state, N, advantages[rows])
-                terms = self.mods.extra_loss(ctx)
-                loss = sum(terms.values())
-                for name, term in terms.items():
-                    acc[f"loss/{name}"] += float(term.detach())
-                if isinstance(loss, torch.Tensor) and loss.requires_grad:
-                    loss.backward()
-                acc["loss/total"] += float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
-            self.mods.on_gradients(GradView(self.model.trainable()), state)
-            stats = dict(acc)
-            # A skipped step leaves weights, optimizer state and the LR schedule where they were.
-            if not (self.engine.grads_finite() and math.isfinite(acc["loss/total"])):
-                self.engine.skip_step()
-                stats["train/skipped_step"] = 1.0
-            else:
-                stats["train/lr"] = self.engine.lr
-                stats["train/grad_norm"] = self.engine.step()
-                stats["train/optimizer_steps"] = 1.0
-
+            stats = self._update(ro, raw, advantages, state)
         metrics = {"reward/mean": float(torch.nanmean(raw)), "reward/std": float(raw[~raw.isnan()].std())
                    if int((~raw.isnan()).sum()) > 1 else 0.0, **res.metrics, **stats, **timers}
         metrics["time/step"] = time.perf_counter() - t_step
@@ -164,6 +146,38 @@ class DiffusionTrainer(RunLoop):
         self._last_samples = best_worst_samples(raw, lambda i: {"prompt": texts[i],
                                                                 "completion": f"[image {i} of step {self.step + 1}]"})
         return metrics
+
+    def _update(self, ro, raw: torch.Tensor, advantages: torch.Tensor, state: StepState) -> dict[str, float]:
+        """Loss terms and optimizer steps over the rollout's N rows; losses are averaged over the updates."""
+        r, a = self.recipe, self.recipe.algo
+        plan = minibatches(len(raw), a.ppo_epochs, a.mini_batches)
+        acc: dict[str, float] = defaultdict(float)
+        stats: dict[str, float] = {"train/optimizer_steps": 0.0}
+        for u, part in enumerate(plan):
+            self.engine.optimizer.zero_grad(set_to_none=True)
+            loss_u = 0.0
+            for rows in part.split(r.train.micro_batch_size):
+                ctx = DiffusionLossContext(rows, ro.rows(rows.to(ro.latents.device)), self.model, self._reward_fn,
+                                           self.scorers, raw[rows], state, len(part), advantages[rows],
+                                           epoch=u // a.mini_batches)
+                terms = self.mods.extra_loss(ctx)
+                loss = sum(terms.values())
+                for name, term in terms.items():
+                    acc[f"loss/{name}"] += float(term.detach()) / len(plan)
+                if isinstance(loss, torch.Tensor) and loss.requires_grad:
+                    loss.backward()
+                loss_u += float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+            acc["loss/total"] += loss_u / len(plan)
+            self.mods.on_gradients(GradView(self.model.trainable()), state)
+            # A skipped step leaves weights, optimizer state and the LR schedule where they were.
+            if not (self.engine.grads_finite() and math.isfinite(loss_u)):
+                self.engine.skip_step()
+                stats["train/skipped_step"] = stats.get("train/skipped_step", 0.0) + 1.0
+            else:
+                stats["train/lr"] = self.engine.lr
+                stats["train/grad_norm"] = self.engine.step()
+                stats["train/optimizer_steps"] += 1.0
+        return dict(acc) | stats
 
     def _reward_fn(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """The differentiable objective Σ_k w_k R_k(images): [n,3,H,W] -> [n], with grad."""

@@ -15,11 +15,13 @@ BUILTINS = builtin_modifiers()
 PAIRS = [(n, f) for n, c in BUILTINS.items() for f in supported_families(c)]
 # Args that make the hook fire in a one-step run on the tiny fixtures (VMR: a prefix step at step 0).
 ARGS = {"direct_align": {"positive_words": ["Red"], "negative_words": ["Blue"], "sigma_range": [0.9, 0.3]},
-        "adhint": {"n_hint": 2, "n_probe": 2, "skip_if_diff_le": -1.0}}
+        "adhint": {"n_hint": 2, "skip_if_diff_le": -1.0},
+        # single-turn addition: EMPG needs steps (validate refuses one step per response); on VAR auto = per scale
+        ("empg", "causal_lm"): {"segment": "delimiter", "delimiter": "1"}}
 
 
 def _recipe(family: str, name: str, tmp_path):
-    mods = [{"use": name, "args": ARGS.get(name, {})}]
+    mods = [{"use": name, "args": ARGS.get((name, family), ARGS.get(name, {}))}]
     run = {"steps": 1, "eval_interval": 0, "output_dir": str(tmp_path / "run"), "threads": 1}
     if family == "causal_lm":
         raw = merge(TINY, {"run": run, "modifiers": mods})

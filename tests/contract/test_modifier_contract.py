@@ -75,7 +75,7 @@ def _state(step: int = 3) -> StepState:
     return StepState(step=step, seed=11, total_steps=10)
 
 
-def _probe(prompts: PromptBatch, n: int) -> torch.Tensor:
+def _probe(prompts: PromptBatch, n: int, keep: bool = False) -> torch.Tensor:
     return torch.tensor([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 1.0]])[: len(prompts), :n]
 
 
@@ -117,6 +117,11 @@ def _args(hook: str, step: int = 3, name: str = ""):
     """Fresh inputs for `hook` (the tensors are re-made each time, so a mutation cannot leak between calls)."""
     st = _state(step)
     if name and supported_families(plugins.resolve(name, "modifiers")) == ["diffusion"]:
+        if hook == "shape_advantages":   # the diffusion step's context: prompts, raw rewards, group ids
+            from rltune.visual.diffusion_context import DiffusionAdvantageContext
+
+            return (torch.zeros(N, 3), DiffusionAdvantageContext(BATCH.prompts, RAW.clone(), BATCH.group_id.clone(),
+                                                                  st))
         assert hook == "extra_loss", hook
         return (_diffusion_ctx(name, st),)
     if hook == "on_prompts":

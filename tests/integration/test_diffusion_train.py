@@ -96,7 +96,8 @@ def test_wiring_errors_are_named(tmp_path):
 
 def test_ddpo_policy_gradient_beside_alignprop(tmp_path):
     t = _trainer(ALIGNPROP, tmp_path, "run.steps=3", "run.eval_interval=null", "rollout.prompts_per_step=2",
-                 "rollout.samples_per_prompt=2", 'modifiers=[{"use": "ddpo", "args": {"timestep_fraction": 0.5}}, '
+                 "rollout.samples_per_prompt=2", "algo.ppo_epochs=2", 'modifiers=[{"use": "ddpo", "args": '
+                 '{"timestep_fraction": 0.5, "stats_buffer": 4, "stats_min_count": 4}}, '
                  '{"use": "alignprop", "args": {"truncation": "fixed"}}]')
     t.fit()
     m = [r for r in read_metrics(t.run_dir) if "reward/mean" in r]
@@ -105,3 +106,14 @@ def test_ddpo_policy_gradient_beside_alignprop(tmp_path):
         # round(0.5 · 9): the last of the 10 DDIM steps (ᾱ_prev = 1) is deterministic and has no log-prob
         assert r["mod/ddpo/trained_steps"] == 4.0 and "loss/alignprop/loss" in r and "time/advantage" in r
         assert r["loss/total"] == pytest.approx(r["loss/ddpo/loss"] + r["loss/alignprop/loss"], abs=1e-6)
+        # two inner epochs: the second update's ratio is off 1 (old policy = the sampler)
+        assert r["train/optimizer_steps"] == 2.0 and r["mod/ddpo/ratio_dev"] > 0
+    # 2 prompts × 2 images a step: the buffers (min count 4) are the prompts' own from the 2nd visit on
+    assert m[0]["mod/ddpo/adv_from_prompt_stats_frac"] == 0.0
+    # the tracker's buffers are in the checkpoint, as the run left them
+    from rltune.train import checkpoint as ckpt
+
+    saved = ckpt.load_state(t.ckpt_root / "step_000003")["modifiers"]["ddpo"]["stats"]
+    assert saved == t.mods.state_dict()["ddpo"]["stats"] and sum(len(v) for v in saved["rewards"]) > 0
+    with pytest.raises(ModifierError, match="per-prompt advantages"):
+        _trainer(ALIGNPROP, tmp_path / "x", "algo.advantage=rloo", 'modifiers=[{"use": "ddpo"}]')

@@ -63,7 +63,7 @@ def test_train_with_empg_on_turns_and_env_return(tiny_recipe):
     r = guess_recipe(tiny_recipe, run={"steps": 2, "eval_interval": 1},
                     data={**GUESS["data"], "eval_size": 8},
                     rewards=[{"use": "env_return"}, {"use": "tests/helpers/rewards.py:char_code", "weight": 0.1}],
-                    modifiers=[{"use": "empg", "args": {"segment": "turn"}}])
+                    modifiers=[{"use": "empg"}])   # the default (segment: auto) is per turn on a multi-turn env
     tr = Trainer(r)
     tr.fit()
     rows = read_metrics(tr.run_dir)
@@ -85,6 +85,7 @@ def test_empg_turn_segments_are_the_rollout_turns(tiny_recipe):
                            None, None, dict(b.extras))
     ids = EMPG(segment="turn").step_ids(ctx)
     assert torch.equal(ids, torch.where(mask, b.extras["step_idx"], -1))
+    assert torch.equal(EMPG().step_ids(ctx), ids)          # the default: per turn
     turns = torch.tensor(b.meta["env_turns"])
     assert torch.equal(ids.max(1).values + 1, turns)  # every turn has tokens: steps 0..turns-1
 

@@ -41,8 +41,8 @@ class _Probe:
     def __init__(self, rewards):
         self.rewards, self.calls = torch.tensor(rewards), []
 
-    def __call__(self, prompts, n):
-        self.calls.append(n)
+    def __call__(self, prompts, n, keep=False):
+        self.calls.append((n, keep))
         return self.rewards[:, :n]
 
 
@@ -58,7 +58,7 @@ def test_on_prompts_hints_hard_prompts_only() -> None:
     probe = _Probe([[0.0, 0.0, 0, 0], [1.0, 1.0, 1, 1], [0.0, 0.0, 0, 0]])
     m = ADHint(delta=0.05)
     out = m.on_prompts(_prompts(), _pctx(probe))
-    assert probe.calls == [2]                              # n_probe defaults to G//2
+    assert probe.calls == [(2, True)]                      # the G − n_hint naive samples of the group, kept
     assert out.prompts == ["a", "b", "c"] and out.meta == _prompts().meta
     h = out.hints
     assert len(h) == 3 and all(len(row) == 4 for row in h)
@@ -183,3 +183,21 @@ def test_token_weights_none_without_hints_and_state_round_trip() -> None:
     m2 = ADHint()
     m2.load_state_dict(sd)
     assert m2.state_dict() == sd
+
+
+def test_validate_refuses_a_probe_size_with_the_group_prior() -> None:
+    import yaml
+
+    from rltune.config.load import recipe_from_dict
+    from rltune.families import check_support
+    from rltune.modifiers.pipeline import ModifierError
+    from tests.conftest import ROOT, merge
+
+    raw = yaml.safe_load((ROOT / "recipes/addition-tiny-adhint.yaml").read_text())
+    check_support(recipe_from_dict(raw), base_dir=ROOT)                    # n_hint 4 of G 8, prior: group
+    for args, msg in (({"n_probe": 4}, "remove n_probe"), ({"n_hint": 8}, "leaves none")):
+        bad = merge(raw, {"modifiers": [{"use": "adhint", "args": args}]})
+        with pytest.raises(ModifierError, match=msg):
+            check_support(recipe_from_dict(bad), base_dir=ROOT)
+    ok = merge(raw, {"modifiers": [{"use": "adhint", "args": {"prior": "probe", "n_probe": 4, "n_hint": 8}}]})
+    check_support(recipe_from_dict(ok), base_dir=ROOT)                     # the separate probe: any n_hint

@@ -171,10 +171,11 @@ def test_modifier_segments_and_nan_rows() -> None:
     torch.testing.assert_close(out, empg_advantages(adv, ent, mask, sid)[0])
     with pytest.raises(ValueError, match="step_idx"):
         EMPG(segment="turn").shape_advantages(adv, _ctx(adv, ent, mask, raw))
-    whole = EMPG().shape_advantages(adv.clone(), _ctx(adv, ent, mask, torch.tensor([1.0, NAN])))
+    whole = EMPG(segment="whole_response").shape_advantages(adv.clone(),
+                                                             _ctx(adv, ent, mask, torch.tensor([1.0, NAN])))
     assert (whole[1] == 0).all() and (whole[0] == 0).all()  # one valid step: centred to 0
     m = EMPG()
-    m.shape_advantages(adv.clone(), _ctx(adv, ent, mask, raw))
+    m.shape_advantages(adv.clone(), _ctx(adv, ent, mask, raw, {"step_idx": sid}))
     assert set(m.on_step_end({}, None)) >= {"step_entropy_mean", "g_min", "g_max", "bonus_mean", "shift"}
 
 
@@ -192,3 +193,87 @@ def test_string_delimiter_uses_the_char_tokenizer() -> None:
     assert EMPG(segment="delimiter", delimiter_ids=m.delimiter_ids).step_ids(ctx).tolist() == [[0, 0, 0, 1, 1, 1, 2]]
     with pytest.raises(ValueError):
         EMPG(segment="delimiter")
+
+
+# ---------------------------------------------------------------------------------- default segmentation
+def test_auto_is_per_turn_on_multiturn_rollouts_and_explicit_settings_are_unchanged() -> None:
+    adv, ent, mask, sid = _spec_batch()
+    raw = torch.tensor([1.0, 0.0])
+    turn = _ctx(adv, ent, mask, raw, {"step_idx": sid})
+    # the spec's example (per-turn steps): the default reproduces segment='turn', which is the pure function
+    ref = empg_advantages(adv, ent, mask, sid)[0]
+    torch.testing.assert_close(EMPG().shape_advantages(adv.clone(), turn), ref)
+    torch.testing.assert_close(EMPG(segment="turn").shape_advantages(adv.clone(), turn), ref)
+    assert ref[0, 0].item() == pytest.approx(1.210108, abs=1e-6)         # the spec's table, step a0
+    # VAR: one step per scale (extras['scale_idx'])
+    torch.testing.assert_close(EMPG().shape_advantages(adv.clone(), _ctx(adv, ent, mask, raw, {"scale_idx": sid})),
+                               ref)
+    # explicit whole_response / delimiter give the pure functions' values, as before
+    torch.testing.assert_close(EMPG(segment="whole_response").shape_advantages(adv.clone(), turn),
+                               empg_advantages(adv, ent, mask, segment_whole(mask))[0])
+    ids = torch.tensor([[5, 9, 5], [9, 5, 9]])
+    dl = _ctx(adv, ent, mask, raw, ids=ids)
+    torch.testing.assert_close(EMPG(segment="delimiter", delimiter_ids=[9]).shape_advantages(adv.clone(), dl),
+                               empg_advantages(adv, ent, mask, segment_delimiter(ids, mask, [9]))[0])
+    torch.testing.assert_close(EMPG(delimiter_ids=[9]).shape_advantages(adv.clone(), dl),   # auto -> delimiter
+                               empg_advantages(adv, ent, mask, segment_delimiter(ids, mask, [9]))[0])
+    with pytest.raises(ValueError, match="found no steps"):   # auto with nothing to segment by
+        EMPG().shape_advantages(adv.clone(), _ctx(adv, ent, mask, raw))
+
+
+def _recipe(path: str, **over):
+    import yaml
+
+    from rltune.config.load import recipe_from_dict
+    from tests.conftest import ROOT, merge
+
+    return recipe_from_dict(merge(yaml.safe_load((ROOT / path).read_text()), over))
+
+
+@pytest.mark.parametrize("path, over, args, pieces", [
+    ("recipes/addition-tiny.yaml", {}, {}, ["segment: auto on a single-turn task", "Fix:", "delimiter"]),
+    ("recipes/addition-tiny.yaml", {}, {"segment": "whole_response"}, ["segment: whole_response", "bonus is then 0"]),
+    ("recipes/addition-tiny.yaml", {}, {"segment": "turn"}, ["needs a multi-turn rollout", "no env"]),
+    ("recipes/agent-guess-tiny.yaml", {"env": {"max_turns": 1}}, {},
+     ["segment: auto -> turn", "env.max_turns = 1", "max_turns ≥ 2"]),
+    ("recipes/agent-guess-tiny.yaml", {}, {"segment": "whole_response"}, ["whole_response"]),
+    ("recipes/var-tiny.yaml", {"model": {"var": {"tiny": {"scales": [4]}}}}, {}, ["VAR", "1 scale(s)"]),
+])
+def test_single_step_recipes_are_refused(path, over, args, pieces) -> None:
+    from rltune.families import check_support
+    from rltune.modifiers.pipeline import ModifierError
+    from tests.conftest import ROOT
+
+    with pytest.raises(ModifierError) as e:
+        check_support(_recipe(path, modifiers=[{"use": "empg", "args": args}], **over), base_dir=ROOT)
+    for p in ["modifier 'empg'", "single step", *pieces]:
+        assert p in str(e.value), (p, str(e.value))
+
+
+@pytest.mark.parametrize("path, args", [
+    ("recipes/agent-guess-tiny.yaml", {}),                                  # auto -> turn (4 turns)
+    ("recipes/agent-guess-tiny.yaml", {"segment": "turn"}),
+    ("recipes/var-tiny.yaml", {}),                                          # auto -> scale
+    ("recipes/addition-tiny.yaml", {"segment": "delimiter", "delimiter": "\n"}),
+    ("recipes/addition-tiny.yaml", {"delimiter": "\n"}),                   # auto -> delimiter
+])
+def test_multi_step_recipes_pass(path, args) -> None:
+    from rltune.families import check_support
+    from tests.conftest import ROOT
+
+    check_support(_recipe(path, modifiers=[{"use": "empg", "args": args}]), base_dir=ROOT)
+
+
+def test_validate_cli_refuses_with_exit_2(tmp_path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from rltune.cli import app
+    from tests.conftest import ROOT
+
+    r = yaml.safe_load((ROOT / "recipes/addition-tiny.yaml").read_text())
+    r["modifiers"] = [{"use": "empg", "args": {"segment": "whole_response"}}]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
+    res = CliRunner().invoke(app, ["validate", "--no-model-check", str(tmp_path / "r.yaml")])
+    assert res.exit_code == 2 and "single step" in res.output and "Fix:" in res.output
+    assert "Traceback" not in res.output

@@ -27,7 +27,8 @@ def test_three_modifiers_in_two_grpo_steps(tmp_path) -> None:
         "train": {"lr": 1e-3, "micro_batch_size": 8},
         "rewards": [{"use": "rew.py:first_digit"}],
         # w_min 0.6 so that even easy prompts of 2-digit answers get a one-character hint.
-        "modifiers": [{"use": "redit"}, {"use": "empg"},
+        # EMPG needs steps: a single-turn answer split after each "1" (validate refuses one-step responses)
+        "modifiers": [{"use": "redit"}, {"use": "empg", "args": {"segment": "delimiter", "delimiter": "1"}},
                       {"use": "adhint", "args": {"w_min": 0.6, "skip_if_diff_le": -1}}],
         "logging": {"console": False},
     })

@@ -45,13 +45,37 @@ def test_uniform_draws_cover_1_to_T_minus_1():
     assert set(seen) == set(range(1, 10))                               # b = 0 (K = T) is redrawn
 
 
-def test_gaussian_draw_official_defaults():
-    bs = torch.tensor([truncation_index("gaussian", 50, _g(s)) for s in range(2000)], dtype=torch.float)
+def _normal_cdf(z: float) -> float:
+    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+
+def test_gaussian_draw_truncates_toward_zero_as_the_official_code():
+    # AlignProp's sd_pipeline.py: b = int(Normal(42, 5).sample()), redrawn while b >= T or b < 1. Replaying the
+    # generator's normal draws gives the same b; rounding to nearest (the old behaviour) differs for ~half the seeds.
+    for s in range(200):
+        g, ref = _g(s), None
+        while ref is None:
+            b = int(42.0 + 5.0 * float(torch.randn((), generator=g)))
+            ref = b if 1 <= b < 50 else None
+        assert truncation_index("gaussian", 50, _g(s)) == ref
+
+
+def test_gaussian_draw_distribution_official_defaults():
+    n = 6000
+    bs = torch.tensor([truncation_index("gaussian", 50, _g(s)) for s in range(n)], dtype=torch.float64)
     assert bs.min() >= 1 and bs.max() <= 49
-    # N(42, 5) rounded, redrawn above 49: a normal truncated at β = (49.5 − 42)/5 = 1.5 has mean
-    # 42 − 5·φ(1.5)/Φ(1.5) = 41.31 (K = 50 − b ≈ 8.7 on average)
-    phi, Phi = math.exp(-1.5**2 / 2) / math.sqrt(2 * math.pi), 0.5 * (1 + math.erf(1.5 / math.sqrt(2)))
-    assert abs(bs.mean().item() - (42 - 5 * phi / Phi)) < 0.3 and 4.0 < bs.std().item() < 5.0
+    # Exact law: P(b = k) ∝ Φ((k+1−42)/5) − Φ((k−42)/5), k = 1..49: mean 40.911, std 4.473 (K = 50 − b ≈ 9.1).
+    # Rounding to nearest would give mean 41.304, 6.8 standard errors away.
+    p = torch.tensor([_normal_cdf((k + 1 - 42) / 5) - _normal_cdf((k - 42) / 5) for k in range(1, 50)],
+                     dtype=torch.float64)
+    p = p / p.sum()
+    ks = torch.arange(1, 50, dtype=torch.float64)
+    mean, std = float((p * ks).sum()), float((p * ks**2).sum() - (p * ks).sum() ** 2) ** 0.5
+    assert mean == pytest.approx(40.911, abs=1e-3) and std == pytest.approx(4.473, abs=1e-3)
+    assert abs(bs.mean().item() - mean) < 3.5 * std / math.sqrt(n)
+    assert bs.std().item() == pytest.approx(std, rel=0.05)
+    # The largest index T − 1 = 49 (K = 1) holds x ∈ [49, 50): 2.7 % of the mass.
+    assert (bs == 49).double().mean().item() == pytest.approx(float(p[-1]), abs=0.007)
     assert truncation_index("gaussian", 50, _g(3)) == truncation_index("gaussian", 50, _g(3))
 
 
