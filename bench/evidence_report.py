@@ -38,10 +38,9 @@ def first_reach(curve: list, target: float) -> float | None:
 def summarize(method: str, s, seeds: list[int], runs: list[dict], quick: bool) -> dict:
     """One method's entry of evidence.json from its runs (dicts of bench/evidence.run_one)."""
     arms = list(s.arms)
-    base = arms[0]
     ok = {(r["arm"], r["seed"]): r for r in runs if "error" not in r}
     out = {"setting": s.desc, "recipe": s.recipe, "paper": s.paper, "metric": s.metric, "quick": quick,
-           "seeds": seeds, "baseline": base, "target": s.target,
+           "seeds": seeds, "baseline": arms[0], "target": s.target,
            "errors": [r for r in runs if "error" in r],
            "arms": {a: {"modifiers": s.arms[a], "per_seed": [ok[a, sd]["final"] if (a, sd) in ok else None
                                                                for sd in seeds],
@@ -54,7 +53,7 @@ def summarize(method: str, s, seeds: list[int], runs: list[dict], quick: bool) -
                                                 if "flat_group_frac" in ok.get((a, sd), {})]})}
                     for a in arms},
            "comparisons": []}
-    for a in arms[1:]:
+    for a, base in s.pairs or [(a, arms[0]) for a in arms[1:]]:
         pairs = [sd for sd in seeds if (a, sd) in ok and (base, sd) in ok]
         if not pairs:
             continue
@@ -63,19 +62,19 @@ def summarize(method: str, s, seeds: list[int], runs: list[dict], quick: bool) -
         # steps (or image-evals) to the target: the fixed one, else the baseline's final value on the same seed
         tgt = {sd: s.target if s.target is not None else ok[base, sd]["final"] for sd in pairs}
         out["comparisons"].append({
-            "arm": a, "n": len(pairs), "per_seed_diff": diffs, "mean_diff": mean, "ci95": ci,
+            "arm": a, "vs": base, "n": len(pairs), "per_seed_diff": diffs, "mean_diff": mean, "ci95": ci,
             "steps_to_target": {"target": s.target if s.target is not None else "baseline final (same seed)",
                                 base: [first_reach(ok[base, sd]["curve"], tgt[sd]) for sd in pairs],
                                 a: [first_reach(ok[a, sd]["curve"], tgt[sd]) for sd in pairs]}})
     return out
 
 
-def verdict(ci: list[float] | None) -> str:
+def verdict(ci: list[float] | None, vs: str = "baseline") -> str:
     if ci is None:
         return "too few seeds"
     if ci[0] <= 0 <= ci[1]:
         return "no effect measured"
-    return "better than baseline" if ci[0] > 0 else "worse than baseline"
+    return f"better than {vs}" if ci[0] > 0 else f"worse than {vs}"
 
 
 def _reach(vals: list) -> str:
@@ -92,17 +91,16 @@ def render_table(res: dict) -> str:
             if quick else "."),
          "Effect = mean over seeds of (method − baseline) on the same seed, with a 95% t-interval. "
          "Steps to target: median over seeds of the first evaluation at or above the target (reached/seeds).", "",
-         "| method | setting | metric | seeds | arm vs baseline | effect (95% CI) | reading | steps to target "
-         "(baseline; arm) |",
+         "| method | setting | metric | seeds | arm vs reference | effect (95% CI) | reading | steps to target "
+         "(reference; arm) |",
          "|---|---|---|---|---|---|---|---|"]
     for name, m in res["methods"].items():
         for c in m["comparisons"]:
             ci = c["ci95"]
             eff = f"{c['mean_diff']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
-            st = c["steps_to_target"]
+            st, vs = c["steps_to_target"], c.get("vs", m["baseline"])
             L.append(f"| {name}{' (quick)' if m.get('quick') else ''} | {m['setting']} | {m['metric']} | {c['n']} | "
-                     f"{c['arm']} vs {m['baseline']} | {eff} | {verdict(ci)} | "
-                     f"{_reach(st[m['baseline']])}; {_reach(st[c['arm']])} |")
+                     f"{c['arm']} vs {vs} | {eff} | {verdict(ci, vs)} | {_reach(st[vs])}; {_reach(st[c['arm']])} |")
     L += ["", END]
     return "\n".join(L)
 
@@ -150,7 +148,7 @@ def plot_method(method: str, m: dict, path: Path) -> None:
             bx.errorbar([j], [c["mean_diff"]], yerr=[[c["mean_diff"] - c["ci95"][0]], [c["ci95"][1] - c["mean_diff"]]],
                         fmt="o", color=f"C{j + 1}", capsize=5, zorder=4)
     bx.axhline(0, color="black", lw=0.8)
-    bx.set(xticks=range(len(m["comparisons"])), xticklabels=[f"{c['arm']} − {m['baseline']}" for c in m["comparisons"]],
+    bx.set(xticks=range(len(m["comparisons"])), xticklabels=[f"{c['arm']}\n− {c.get('vs', m['baseline'])}" for c in m["comparisons"]],
            ylabel="paired difference (per seed, mean, 95% CI)", title="method − baseline, same seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -37,8 +37,9 @@ def test_render_table_text():
     assert "**the quick run**" in t[2]
     assert t[7] == ("| redit (quick) | chain 3x2 | held-out acc | 3 | redit vs grpo | +0.020 [-0.010, +0.050] | "
                     "no effect measured | 40 (3/3); 25 (2/3) |")
+    assert "| arm vs reference |" in t[5]
     assert t[8] == ("| var (quick) | var-tiny | held-out reward | 2 | mask vs vanilla | -0.125 [-0.200, -0.050] | "
-                    "worse than baseline | — (0/2); — (0/2) |")
+                    "worse than vanilla | — (0/2); — (0/2) |")
 
 
 def test_write_docs_inserts_then_replaces(tmp_path):
