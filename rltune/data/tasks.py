@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from typing import Callable
 
+from rltune.data.chain import chain_rows
 from rltune.envs.calculator import calculator_rows
 from rltune.envs.guess_number import guess_number_rows
 from rltune.visual.var_data import var_toy
@@ -55,7 +56,7 @@ def addition(split: str, digits: int = 3, n_train: int = 6400, train_seed: int =
 
 # Agent tasks: rows for the multi-turn environments of rltune/envs (recipes/agent-*-tiny.yaml).
 TASKS: dict[str, Callable[..., Rows]] = {"addition": addition, "guess_number": guess_number_rows,
-                                         "calculator": calculator_rows}
+                                         "calculator": calculator_rows, "chain": chain_rows}
 TASKS["var_toy"] = var_toy  # the VAR demo's class-conditional prompts (rltune/visual/var_data.py)
 
 

@@ -15,7 +15,7 @@ from rltune_rewards.format import FormatReward
 from rltune_rewards.length import LengthPenalty
 from rltune_rewards.math_accuracy import MathAccuracy
 
-MODULES = ["exact_match", "math_accuracy", "format", "length"]
+MODULES = ["exact_match", "math_accuracy", "format", "length", "bright_window"]
 
 
 def one(completion: str = "", gold=None, ids=None, column: str = "answer") -> RewardInput:
@@ -32,6 +32,11 @@ def one(completion: str = "", gold=None, ids=None, column: str = "answer") -> Re
         ({}, "x", None, None),
         ({"strip": False}, " 42", "42", 0.0),
         ({"strip": False}, "42", "42", 1.0),
+        ({"after": ","}, "46,102", "102", 1.0),
+        ({"after": ","}, "46, 102 ", "102", 1.0),
+        ({"after": ","}, "102,46", "102", 0.0),     # only the text after the LAST separator counts
+        ({"after": ","}, "102", "102", 1.0),        # no separator: the whole completion
+        ({}, "46,102", "102", 0.0),
     ],
 )
 def test_exact_match(kwargs, completion, gold, expected):
@@ -125,3 +130,8 @@ def test_doctests(module):
     mod = importlib.import_module(f"rltune_rewards.{module}")
     result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_exact_match_rejects_empty_separator():
+    with pytest.raises(ValueError, match="non-empty separator"):
+        ExactMatch(after="")
