@@ -56,7 +56,7 @@ CHAIN_SFT_STEPS = 450           # a weak warm start: low held-out accuracy, so m
 CHAIN_LR = 1.0e-4               # 5x addition-tiny's 2e-5: from a 4% start, 2e-5 barely moves in 100 steps (measured)
 GUESS = {"low": 1, "high": 32, "max_turns": 6, "expert": "random"}
 REDIT = {"use": "redit", "args": {"sigma": 0.05, "distribution": "gaussian", "schedule": "constant"}}
-ADHINT_ARGS = {"n_hint": 4, "n_probe": 4, "solution_column": "solution", "base_norm": "union", "lam": 1.0,
+ADHINT_ARGS = {"n_hint": 4, "solution_column": "solution", "base_norm": "union", "lam": 1.0,
                "cgm": "ratio", "selective_mask": True}
 DETECTOR_MASK = {"use": "var_mask", "args": {"source": "saliency", "saliency_q": 0.25, "mode": "max", "alpha": 0.7}}
 
