@@ -59,13 +59,18 @@ def summarize(method: str, s, seeds: list[int], runs: list[dict], quick: bool) -
             continue
         diffs = [ok[a, sd]["final"] - ok[base, sd]["final"] for sd in pairs]
         mean, ci = paired_ci(diffs)
-        # steps (or image-evals) to the target: the fixed one, else the baseline's final value on the same seed
+        # steps (or image-evals) to the target: the fixed one, else the baseline's final value on the same seed.
+        # A baseline that ends at or below its own start gives no target to reach (every curve "reaches" it at
+        # step 0): that seed counts as n/a, not as 0 steps.
         tgt = {sd: s.target if s.target is not None else ok[base, sd]["final"] for sd in pairs}
+        na = [sd for sd in pairs if s.target is None and ok[base, sd]["curve"][0][1] >= tgt[sd]]
         out["comparisons"].append({
             "arm": a, "vs": base, "n": len(pairs), "per_seed_diff": diffs, "mean_diff": mean, "ci95": ci,
             "steps_to_target": {"target": s.target if s.target is not None else "baseline final (same seed)",
-                                base: [first_reach(ok[base, sd]["curve"], tgt[sd]) for sd in pairs],
-                                a: [first_reach(ok[a, sd]["curve"], tgt[sd]) for sd in pairs]}})
+                                "baseline_did_not_rise": na,
+                                base: [None if sd in na else first_reach(ok[base, sd]["curve"], tgt[sd])
+                                       for sd in pairs],
+                                a: [None if sd in na else first_reach(ok[a, sd]["curve"], tgt[sd]) for sd in pairs]}})
     return out
 
 
@@ -77,9 +82,14 @@ def verdict(ci: list[float] | None, vs: str = "baseline") -> str:
     return f"better than {vs}" if ci[0] > 0 else f"worse than {vs}"
 
 
-def _reach(vals: list) -> str:
+def _reach(vals: list, na: int = 0) -> str:
+    """Median steps over the seeds that reached the target (reached/seeds); `na` seeds had no target."""
+    if vals and na == len(vals):
+        return f"n/a (baseline did not rise on any of {na} seeds)"
     hit = [v for v in vals if v is not None]
-    return f"{statistics.median(hit):g} ({len(hit)}/{len(vals)})" if hit else f"— (0/{len(vals)})"
+    tail = f"; {na} n/a: baseline did not rise" if na else ""
+    return (f"{statistics.median(hit):g} ({len(hit)}/{len(vals) - na}{tail})" if hit
+            else f"— (0/{len(vals) - na}{tail})")
 
 
 def render_table(res: dict) -> str:
@@ -99,8 +109,9 @@ def render_table(res: dict) -> str:
             ci = c["ci95"]
             eff = f"{c['mean_diff']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
             st, vs = c["steps_to_target"], c.get("vs", m["baseline"])
+            na = len(st.get("baseline_did_not_rise", []))
             L.append(f"| {name}{' (quick)' if m.get('quick') else ''} | {m['setting']} | {m['metric']} | {c['n']} | "
-                     f"{c['arm']} vs {vs} | {eff} | {verdict(ci, vs)} | {_reach(st[vs])}; {_reach(st[c['arm']])} |")
+                     f"{c['arm']} vs {vs} | {eff} | {verdict(ci, vs)} | {_reach(st[vs], na)}; {_reach(st[c['arm']], na)} |")
     L += ["", END]
     return "\n".join(L)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from evidence_report import END, START, first_reach, paired_ci, render_table, write_docs  # noqa: E402
+from evidence_report import END, START, first_reach, paired_ci, render_table, summarize, write_docs  # noqa: E402
 
 FAKE = {"command": "python bench/evidence.py --quick", "methods": {
     "redit": {"quick": True, "setting": "chain 3x2", "metric": "held-out acc", "baseline": "grpo", "comparisons": [
@@ -52,3 +52,23 @@ def test_write_docs_inserts_then_replaces(tmp_path):
     write_docs(FAKE, doc)
     second = doc.read_text()
     assert second.count(START) == 1 and "| +0.500 [-0.010, +0.050] |" in second and "+0.020" not in second
+
+
+def test_a_baseline_that_does_not_rise_gives_no_steps_to_target():
+    """Target = the baseline's final value on the same seed: seed 0's baseline falls (0.3 -> 0.2), so neither
+    arm 'reaches' it at step 0; seed 1's rises (0.1 -> 0.4) and the method gets there first."""
+    from types import SimpleNamespace
+
+    s = SimpleNamespace(arms={"grpo": [], "redit": []}, pairs=None, target=None, desc="d", recipe="r", paper="p",
+                        metric="m")
+    curves = {("grpo", 0): [(0, 0.3), (10, 0.25), (20, 0.2)], ("redit", 0): [(0, 0.3), (10, 0.3), (20, 0.35)],
+              ("grpo", 1): [(0, 0.1), (10, 0.2), (20, 0.4)], ("redit", 1): [(0, 0.1), (10, 0.45), (20, 0.5)]}
+    runs = [{"arm": a, "seed": sd, "final": c[-1][1], "curve": c, "steps": 20, "wall_s": 1.0}
+            for (a, sd), c in curves.items()]
+    c = summarize("redit", s, [0, 1], runs, quick=True)["comparisons"][0]
+    st = c["steps_to_target"]
+    assert st["baseline_did_not_rise"] == [0] and st["grpo"] == [None, 20] and st["redit"] == [None, 10]
+    assert c["per_seed_diff"] == pytest.approx([0.15, 0.1])
+    row = render_table({"methods": {"redit": {"setting": "d", "metric": "m", "baseline": "grpo",
+                                              "comparisons": [c]}}}).splitlines()[7]
+    assert row.endswith("| 20 (1/1; 1 n/a: baseline did not rise); 10 (1/1; 1 n/a: baseline did not rise) |")
